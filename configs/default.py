@@ -1,0 +1,70 @@
+r"""Default tsvae configuration: the reference Two-Stage VAE on MNIST.
+
+  python -m tsvae.main --config=configs/default.py --workdir=/tmp/tsvae_default
+
+Every other config in this folder starts from `get_config()` here and changes only what differs.
+Values are the authors' (daib13/TwoStageVAE) unless a comment says otherwise; see
+`tsvae/config_lib.py` for what each key means and which keys a resumed run may change.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Data.
+  config.dataset = 'mnist'  # mnist | fashion_mnist | cifar10 | celeba | celeba140
+  config.data = ml_collections.ConfigDict()
+  config.data.manual_dir = ''  # Local files (offline route); '' = tfds download.
+  config.data.data_dir = ''  # Where tfds keeps prepared data; '' = tfds default.
+  config.data.shuffle_buffer = 50_000  # For datasets too large to shuffle whole.
+
+  # Model.
+  config.arch = 'infogan'  # infogan | wae | resnet
+  config.latent_dim = 64  # κ, shared by z (stage 1) and u (stage 2).
+  config.resnet = ml_collections.ConfigDict()
+  config.resnet.num_scale = 4
+  config.resnet.block_per_scale = 1
+  config.resnet.depth_per_block = 2
+  config.resnet.kernel_size = 3
+  config.resnet.base_dim = 16
+  config.resnet.fc_dim = 512
+
+  # Optimisation shared by both stages.
+  config.batch_size = 64  # Global batch, split over all devices of all processes.
+  config.seed = 0
+
+  config.stage1 = ml_collections.ConfigDict()
+  config.stage1.num_epochs = 400
+  config.stage1.learning_rate = 1e-4
+  config.stage1.lr_decay_epochs = 150  # lr halves every this many epochs.
+  config.stage1.lr_decay_factor = 0.5
+  config.stage1.max_steps = -1  # > 0 caps the stage (smoke runs); -1 = no cap.
+  config.stage1.reconstruction_loss = 'gaussian'  # gaussian | cross_entropy
+  config.stage1.beta = 1.0  # KL weight; 1 = ELBO.
+
+  config.stage2 = ml_collections.ConfigDict()
+  config.stage2.num_epochs = 800
+  config.stage2.learning_rate = 1e-4
+  config.stage2.lr_decay_epochs = 300
+  config.stage2.lr_decay_factor = 0.5
+  config.stage2.max_steps = -1
+  config.stage2.reconstruction_loss = 'gaussian'
+  config.stage2.beta = 1.0
+  config.stage2.depth = 3  # Dense layers per encoder / decoder.
+  config.stage2.width = 1024
+
+  # Sampling (after stage 2).
+  config.sampling = ml_collections.ConfigDict()
+  config.sampling.num_grid_images = 100  # 10 x 10 grids.
+  config.sampling.pixel_noise = False  # True: x ~ N(decoder mean, γ_x² I) clipped to [0, 1].
+
+  # 'error': stop at the first NaN/Inf loss or gradient; 'skip': skip such steps (counted).
+  config.nan_policy = 'error'
+
+  # Run control: may change between a run and its resumption.
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 2_000
+  config.keep_checkpoints = 2
+  return config

@@ -1,0 +1,30 @@
+"""Test set-up: two host CPU devices (set before JAX is imported) and shared fixtures."""
+
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(REPO_ROOT, '..', 'shared', 'data')
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _hide_gpus_from_tensorflow():
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+  except Exception:  # pylint: disable=broad-except
+    pass
+  yield
+
+
+def shared_data(name: str) -> str:
+  """Path of ../shared/data/<name>; skips the test when it is absent."""
+  path = os.path.join(SHARED_DATA, name)
+  if not os.path.isdir(path):
+    pytest.skip(f'{path} not present (offline data copies live beside the checkout)')
+  return path

@@ -1,0 +1,96 @@
+"""Orbax checkpoints of one stage, with the experiment fingerprint stored beside the state.
+
+Layout: `<workdir>/<stage>/checkpoints/<step>/{state,meta}`. Orbax writes each step into a
+temporary directory and renames it when complete, so a process killed mid-save leaves no step
+directory that `latest_step()` would return. A stage's completion is a separate marker file
+(`<workdir>/<stage>/COMPLETE`) written atomically after its final checkpoint.
+"""
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+from tsvae import fileio
+
+COMPLETE_MARKER = 'COMPLETE'
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used (corrupt, truncated, or of another experiment)."""
+
+
+def fingerprint(experiment: Dict[str, Any]) -> str:
+  """Short hash of the experiment-defining config keys."""
+  blob = json.dumps(experiment, sort_keys=True).encode()
+  return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def stage_dir(workdir: str, stage: str) -> str:
+  return os.path.join(workdir, stage)
+
+
+def is_complete(workdir: str, stage: str) -> bool:
+  return os.path.exists(os.path.join(stage_dir(workdir, stage), COMPLETE_MARKER))
+
+
+def mark_complete(workdir: str, stage: str, info: Dict[str, Any]):
+  if jax.process_index() == 0:
+    fileio.atomic_write_json(os.path.join(stage_dir(workdir, stage), COMPLETE_MARKER), info)
+
+
+class StageCheckpointer:
+  """Saves and restores one stage's TrainState and metadata."""
+
+  def __init__(self, workdir: str, stage: str, *, experiment_fingerprint: str,
+               max_to_keep: int = 2):
+    self.directory = os.path.join(stage_dir(workdir, stage), 'checkpoints')
+    self.stage = stage
+    self.fingerprint = experiment_fingerprint
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(self.directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_names=('state', 'meta'))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return self._manager.all_steps()
+
+  def save(self, step: int, state: Any, meta: Dict[str, Any]):
+    meta = dict(meta, step=int(step), stage=self.stage, fingerprint=self.fingerprint)
+    self._manager.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
+    """Restores `step` into the structure of `abstract_state`; CheckpointError if unusable."""
+    path = os.path.join(self.directory, str(step))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      others = [s for s in self.all_steps() if s != step]
+      hint = (f' Move it aside to resume from the previous checkpoint (step {max(others)}).'
+              if others else ' Move it aside to restart this stage from scratch.')
+      raise CheckpointError(
+          f'Checkpoint {path} cannot be restored ({type(e).__name__}: {str(e)[:300]}). It is '
+          f'truncated, corrupt, or from an incompatible model.{hint}') from e
+    meta = restored['meta']
+    if meta.get('fingerprint') != self.fingerprint:
+      raise CheckpointError(
+          f'Checkpoint {path} was written by a different experiment (fingerprint '
+          f'{meta.get("fingerprint")} != {self.fingerprint}). Use a new --workdir.')
+    logging.info('Restored %s from %s', self.stage, path)
+    return restored['state'], meta
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()

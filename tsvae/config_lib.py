@@ -1,0 +1,173 @@
+"""Config validation and the workdir's record of the config it was trained with.
+
+Everything here runs before any compute: a bad config or a workdir that belongs to another
+experiment gives one `ConfigError` that says what to change, and nothing on disk is touched.
+
+Keys fall into two groups:
+- *run-control* keys (`RUN_CONTROL_KEYS`): epochs, step caps, logging / checkpoint cadence, data
+  locations and sampling knobs. A resumed run may change them (e.g. to train longer).
+- everything else defines the experiment (dataset, arch, sizes, seed, optimiser, losses). A workdir
+  remembers them in `config.json`; a run whose values differ is refused instead of mixing two
+  experiments in one set of checkpoints.
+"""
+
+import difflib
+import json
+import os
+from typing import Any, Dict, Iterable, Mapping, Tuple
+
+import ml_collections
+
+from tsvae import fileio
+from tsvae import input_pipeline
+from tsvae import losses
+from tsvae import models
+
+CONFIG_FILENAME = 'config.json'
+
+# Dotted keys (or prefixes ending in '.') that a resumed run may change.
+RUN_CONTROL_KEYS = (
+    'data.manual_dir',
+    'data.data_dir',
+    'stage1.num_epochs',
+    'stage1.max_steps',
+    'stage2.num_epochs',
+    'stage2.max_steps',
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'sampling.',
+    'eval.',
+    'distributed.',
+)
+
+
+class ConfigError(ValueError):
+  """A config or workdir problem found before any compute."""
+
+
+def flatten(config: Any, prefix: str = '') -> Dict[str, Any]:
+  """{'a.b': value} for a (nested) ConfigDict or dict."""
+  items = config.items() if hasattr(config, 'items') else []
+  flat = {}
+  for key, value in items:
+    name = f'{prefix}{key}'
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      flat.update(flatten(value, name + '.'))
+    else:
+      flat[name] = value
+  return flat
+
+
+def _is_run_control(key: str) -> bool:
+  return any(key == k or (k.endswith('.') and key.startswith(k))
+             for k in RUN_CONTROL_KEYS)
+
+
+def experiment_keys(config) -> Dict[str, Any]:
+  """The keys that define the experiment (all but run-control), JSON-normalised."""
+  flat = flatten(config)
+  return json.loads(json.dumps(
+      {k: v for k, v in sorted(flat.items()) if not _is_run_control(k)}))
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+  close = difflib.get_close_matches(str(name), list(choices), n=1)
+  return f' Did you mean {close[0]!r}?' if close else ''
+
+
+def _choice(value: str, choices: Tuple[str, ...], key: str):
+  if value not in choices:
+    raise ConfigError(f'config.{key}={value!r} is not one of {list(choices)}.'
+                      f'{suggest(value, choices)}')
+
+
+def _positive(config, keys: Iterable[str]):
+  flat = flatten(config)
+  for key in keys:
+    value = flat[key]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+      raise ConfigError(f'config.{key} must be a positive number, got {value!r}.')
+
+
+def validate(config, *, num_devices: int, num_processes: int = 1):
+  """Checks a config for everything that can be known before compute; raises ConfigError."""
+  _choice(config.dataset, input_pipeline.DATASETS, 'dataset')
+  _choice(config.arch, models.STAGE1_ARCHS, 'arch')
+  _positive(config, [
+      'latent_dim', 'batch_size', 'log_every_steps', 'checkpoint_every_steps',
+      'keep_checkpoints', 'sampling.num_grid_images',
+      'resnet.num_scale', 'resnet.block_per_scale', 'resnet.depth_per_block',
+      'resnet.kernel_size', 'resnet.base_dim', 'resnet.fc_dim',
+      'stage2.depth', 'stage2.width',
+  ])
+  for stage in ('stage1', 'stage2'):
+    _positive(config, [f'{stage}.num_epochs', f'{stage}.learning_rate',
+                       f'{stage}.lr_decay_epochs', f'{stage}.lr_decay_factor',
+                       f'{stage}.beta'])
+    max_steps = config[stage].max_steps
+    if max_steps != -1 and max_steps <= 0:
+      raise ConfigError(f'config.{stage}.max_steps must be -1 (no cap) or positive, '
+                        f'got {max_steps}.')
+    _choice(config[stage].reconstruction_loss, losses.RECONSTRUCTION_LOSSES,
+            f'{stage}.reconstruction_loss')
+  _choice(config.nan_policy, ('error', 'skip'), 'nan_policy')
+  shape = input_pipeline.image_shape(config.dataset)
+  try:
+    models.check_image_shape(config.arch, shape)
+  except ValueError as e:
+    raise ConfigError(f'config.dataset={config.dataset!r} gives {shape[0]}x{shape[1]}x'
+                      f'{shape[2]} images: {e}') from None
+  if config.batch_size % num_devices:
+    raise ConfigError(
+        f'config.batch_size={config.batch_size} is not divisible by the {num_devices} '
+        f'devices the batch is split over; use a multiple of {num_devices}.')
+  if config.batch_size % num_processes:
+    raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
+                      f'{num_processes} processes.')
+
+
+def check_workdir(config, workdir: str):
+  """Refuses a workdir that holds another experiment, or that cannot be written.
+
+  Creates nothing: call `record_config` once all checks have passed.
+  """
+  path = os.path.join(workdir, CONFIG_FILENAME)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        recorded = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ConfigError(f'{path} is unreadable ({e}); it records which experiment this '
+                        'workdir holds. Restore it or use a new --workdir.') from None
+    mine = experiment_keys(config)
+    theirs = {k: v for k, v in recorded.items() if not _is_run_control(k)}
+    diffs = [f'  {k}: workdir has {theirs.get(k, "<absent>")!r}, this run has '
+             f'{mine.get(k, "<absent>")!r}'
+             for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+    if diffs:
+      raise ConfigError(
+          f'--workdir={workdir} holds checkpoints of a different experiment:\n'
+          + '\n'.join(diffs) +
+          '\nUse a new --workdir, or run with the recorded values '
+          f'(see {path}). Only run-control keys ({", ".join(RUN_CONTROL_KEYS)}) may change '
+          'between a run and its resumption.')
+  elif any(os.path.exists(os.path.join(workdir, d)) for d in ('stage1', 'stage2', 'latents')):
+    raise ConfigError(f'--workdir={workdir} holds tsvae stage folders but no '
+                      f'{CONFIG_FILENAME}, so it cannot be checked against this config. '
+                      'Use a new --workdir.')
+  try:
+    fileio.check_writable(workdir)
+  except PermissionError as e:
+    raise ConfigError(f'--workdir: {e} Choose a writable --workdir.') from None
+
+
+def record_config(config, workdir: str):
+  """Writes workdir/config.json (all keys) the first time a workdir is used."""
+  path = os.path.join(workdir, CONFIG_FILENAME)
+  if not os.path.exists(path):
+    fileio.atomic_write_json(path, flatten(config))
+
+
+def as_dict(config: Mapping) -> Dict[str, Any]:
+  return json.loads(json.dumps(flatten(config)))

@@ -1,0 +1,56 @@
+r"""Runs a Two-Stage VAE experiment: stage 1 → latents → stage 2 → samples.
+
+  python -m tsvae.main --config=configs/mnist.py --workdir=/tmp/tsvae_mnist \
+      --config.data.manual_dir=../shared/data/mnist
+
+Rerunning the same command on the same workdir resumes the unfinished phase and skips the
+finished ones. Exit status: 0 done, 2 bad input (config, data, workdir, checkpoint: nothing was
+changed), 3 NaN/Inf during training, 75 stopped by SIGTERM after a checkpoint (rerun resumes).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from tsvae import checkpointing
+from tsvae import config_lib
+from tsvae import input_pipeline
+from tsvae import train
+from tsvae import two_stage
+
+FLAGS = flags.FLAGS
+
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment configuration file (see configs/).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, latents, metrics and samples.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+BAD_INPUT_EXIT_CODE = 2
+NON_FINITE_EXIT_CODE = 3
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  logging.info('JAX %s: %d process(es), %d local / %d global devices (%s)', jax.__version__,
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  try:
+    two_stage.run(FLAGS.config, FLAGS.workdir)
+  except (config_lib.ConfigError, input_pipeline.DataError,
+          checkpointing.CheckpointError) as e:
+    train.fail(f'tsvae: {e}', BAD_INPUT_EXIT_CODE)
+  except train.NonFiniteError as e:
+    train.fail(f'tsvae: {e}', NON_FINITE_EXIT_CODE)
+  except train.Preempted as e:
+    logging.warning(e.message)
+    print(f'tsvae: {e.message}', file=sys.stderr)
+    sys.exit(train.PREEMPTED_EXIT_CODE)
+
+
+if __name__ == '__main__':
+  app.run(main)

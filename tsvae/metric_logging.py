@@ -1,0 +1,87 @@
+"""Metric writers: TensorBoard scalars (clu) plus a JSON-lines file, and human progress lines.
+
+`metrics.jsonl` holds one JSON object per logged step, e.g.
+`{"stage": "stage1", "step": 200, "loss": 123.4, "loggamma": -1.2, "steps_per_sec": 6.1, ...}`;
+it is what benchmarks and notebooks read. Only process 0 writes; other processes log nothing.
+"""
+
+import json
+import os
+import time
+from typing import Any, Mapping, Optional
+
+from absl import logging
+from clu import metric_writers
+from clu.metric_writers import interface
+import jax
+import numpy as np
+
+
+class JsonlWriter(interface.MetricWriter):
+  """Appends scalars as JSON lines; other summary kinds are ignored."""
+
+  def __init__(self, path: str, extra: Optional[Mapping[str, Any]] = None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    self._file = open(path, 'a')
+    self._extra = dict(extra or {})
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    record = {**self._extra, 'step': int(step), 'time': time.time()}
+    record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+def create_writer(workdir: str, stage: str) -> metric_writers.MetricWriter:
+  """TensorBoard (workdir/tensorboard/<stage>) + workdir/metrics.jsonl on process 0."""
+  if jax.process_index() != 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.MultiWriter([
+      metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard', stage)),
+      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), extra={'stage': stage}),
+  ])
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
+
+
+def log_progress(stage: str, step: int, total_steps: int, epoch: int,
+                 metrics: Mapping[str, float], steps_per_sec: float, images_per_sec: float):
+  eta = (total_steps - step) / steps_per_sec if steps_per_sec > 0 else float('nan')
+  logging.info(
+      '%s step %d/%d (epoch %d) loss %.4f kl %.3f gen %.3f log_gamma %.4f lr %.2e | '
+      '%.2f steps/s %.0f ex/s ETA %s', stage, step, total_steps, epoch,
+      metrics['loss'], metrics['kl'], metrics['gen'], metrics['loggamma'],
+      metrics.get('learning_rate', float('nan')), steps_per_sec, images_per_sec,
+      format_duration(eta) if np.isfinite(eta) else '?')

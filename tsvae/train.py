@@ -1,0 +1,345 @@
+"""TrainState, the data-parallel ELBO step, and the one train loop both stages use.
+
+Data parallelism: the step is `jax.jit` over a 1-D device mesh (axis 'data'). The global batch is
+a `jax.Array` sharded along its first axis over every device of every process; the state is
+replicated. XLA inserts the gradient all-reduce, and BatchNorm statistics are computed over the
+*global* batch, so a step on N devices computes the same function as on 1 device (tests check
+this). This is the form JAX recommends since `jax.Array` (pmap is in maintenance mode and is
+itself lowered through shard_map in current JAX); it also needs no per-device reshapes, no
+`pmean` bookkeeping, and no replicate/unreplicate of the state around checkpoints.
+
+Randomness: each stage has a base key (seed folded with the stage); step `t` uses
+`fold_in(base, t)`, and the noise arrays are drawn for the whole global batch with JAX's
+partitionable threefry, so every example's noise depends on (seed, stage, step, index) only —
+not on the device count. This replaces the per-device folding a pmap step needs, and makes
+resumed runs replay exactly the noise of an uninterrupted one.
+"""
+
+import dataclasses
+import itertools
+import signal
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
+
+from absl import logging
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
+
+from tsvae import checkpointing
+from tsvae import losses
+from tsvae import metric_logging
+
+# Exit status of a run stopped by SIGTERM after saving its checkpoint (EX_TEMPFAIL: rerun it).
+PREEMPTED_EXIT_CODE = 75
+NAN_POLICIES = ('error', 'skip')
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+  rng: Any = None  # Step t draws its noise from fold_in(rng, t).
+  num_skipped: Any = 0  # Steps skipped for non-finite loss/gradients (nan_policy='skip').
+
+
+class NonFiniteError(FloatingPointError):
+  """Loss or gradients became NaN/Inf; nothing past the last good checkpoint is saved."""
+
+
+class Preempted(SystemExit):
+  """Raised after a SIGTERM-triggered checkpoint; exits with PREEMPTED_EXIT_CODE."""
+
+  def __init__(self, message: str):
+    super().__init__(PREEMPTED_EXIT_CODE)
+    self.message = message
+
+
+# ----------------------------------------------------------------------------- parallelism
+
+
+def make_mesh(devices: Optional[Iterable[jax.Device]] = None) -> Mesh:
+  """1-D mesh over `devices` (default: all devices of all processes)."""
+  devices = list(devices) if devices is not None else jax.devices()
+  return Mesh(np.asarray(devices), ('data',))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P('data'))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
+  """This process's slice of the global batch → a global jax.Array sharded on 'data'."""
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- state & step
+
+
+def lr_schedule(stage_config, steps_per_epoch: int) -> optax.Schedule:
+  """lr0 · factor^floor(epoch / lr_decay_epochs), applied per step (the reference's schedule)."""
+  return optax.exponential_decay(
+      init_value=stage_config.learning_rate,
+      transition_steps=max(1, steps_per_epoch * stage_config.lr_decay_epochs),
+      decay_rate=stage_config.lr_decay_factor,
+      staircase=True)
+
+
+def make_optimizer(schedule: optax.Schedule) -> optax.GradientTransformation:
+  # Adam with TF's defaults (β1 0.9, β2 0.999, ε 1e-8). TF1 adds ε to √v before bias correction,
+  # optax after; the difference is ≤ 3e-7 in the denominator and only in the first steps.
+  return optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
+
+
+def create_train_state(model, example_input: np.ndarray, *, base_rng: jax.Array,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Initialises the VAE from `base_rng` (the stage's key) on the default device."""
+  init_rng, noise_rng, step_rng = jax.random.split(base_rng, 3)
+  variables = jax.jit(lambda x: model.init({'params': init_rng, 'noise': noise_rng}, x,
+                                           train=False))(example_input)
+  variables = flax.core.unfreeze(variables)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables['params'], tx=tx,
+      batch_stats=variables.get('batch_stats', {}), rng=step_rng,
+      num_skipped=jnp.zeros((), jnp.int32))
+
+
+def image_input(batch: Mapping[str, jax.Array], rng: jax.Array) -> jax.Array:
+  """Stage-1 input: the images, as floats in [0, 1] (uint8 batches are scaled by 1/255)."""
+  del rng
+  image = batch['image']
+  if image.dtype == jnp.uint8:
+    return image.astype(jnp.float32) / 255.0
+  return image.astype(jnp.float32)
+
+
+def latent_input(batch: Mapping[str, jax.Array], rng: jax.Array) -> jax.Array:
+  """Stage-2 input: a fresh z = μ_z + σ_z·ε for every example, every step (hence every epoch)."""
+  mu, sigma = batch['mu'], batch['sigma']
+  return mu + sigma * jax.random.normal(rng, mu.shape, mu.dtype)
+
+
+def make_train_step(model, *, prepare_input: Callable[..., jax.Array],
+                    reconstruction_loss: str = 'gaussian', beta: float = 1.0,
+                    nan_policy: str = 'error') -> Callable[[TrainState, Any], Any]:
+  """The pure (un-jitted) ELBO step: (state, batch) → (new_state, metrics)."""
+  if nan_policy not in NAN_POLICIES:
+    raise ValueError(f'nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}')
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    input_rng, noise_rng = jax.random.split(rng)
+    x = prepare_input(batch, input_rng)
+
+    def loss_fn(params):
+      outputs, updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+          rngs={'noise': noise_rng}, mutable=['batch_stats'])
+      loss, metrics = losses.negative_elbo(
+          x, outputs, reconstruction_loss=reconstruction_loss, beta=beta)
+      return loss, (metrics, updates.get('batch_stats', state.batch_stats))
+
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if nan_policy == 'skip':
+      keep_old = lambda new, old: jnp.where(finite, new, old)
+      new_state = new_state.replace(
+          params=jax.tree_util.tree_map(keep_old, new_state.params, state.params),
+          opt_state=jax.tree_util.tree_map(keep_old, new_state.opt_state, state.opt_state),
+          batch_stats=jax.tree_util.tree_map(keep_old, new_state.batch_stats,
+                                             state.batch_stats),
+          num_skipped=state.num_skipped + jnp.where(finite, 0, 1).astype(jnp.int32))
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), finite=finite)
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step, mesh: Mesh):
+  """jit over the mesh: replicated state, batch sharded on 'data', state buffers donated."""
+  return jax.jit(train_step,
+                 in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclasses.dataclass
+class StageSpec:
+  """What differs between stage 1 and stage 2; the loop below is shared.
+
+  Attributes:
+    name: 'stage1' or 'stage2' (also the workdir sub-folder).
+    model: the VAE module.
+    config: the stage's ConfigDict (num_epochs, learning_rate, ..., max_steps).
+    prepare_input: batch → the data x the VAE models (`image_input` / `latent_input`).
+    example_input: an array shaped like one input batch (for init).
+    steps_per_epoch: full global batches per epoch (the last partial batch is dropped).
+    epoch_batches: (epoch, skip_batches) → iterable of this process's numpy batches of that
+      epoch, starting after `skip_batches` batches; a pure function of its arguments.
+    base_rng: the stage's PRNG key.
+    examples_per_batch: global batch size (for examples/s).
+  """
+  name: str
+  model: Any
+  config: Any
+  prepare_input: Callable[..., jax.Array]
+  example_input: np.ndarray
+  steps_per_epoch: int
+  epoch_batches: Callable[[int, int], Iterable[Mapping[str, np.ndarray]]]
+  base_rng: jax.Array
+  examples_per_batch: int
+
+
+def total_steps(stage_config, steps_per_epoch: int) -> int:
+  steps = stage_config.num_epochs * steps_per_epoch
+  if stage_config.max_steps > 0:
+    steps = min(steps, stage_config.max_steps)
+  return steps
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop polls between steps."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del signum, frame
+      self.raised = True
+      logging.warning('SIGTERM received: finishing the current step, then checkpointing.')
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # Not the main thread (e.g. a notebook worker): no handler.
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(stage: str, step_metrics, first_step: int, last_good: Optional[int],
+                  nan_policy: str):
+  finite = np.asarray([m['finite'] for m in step_metrics])
+  if nan_policy == 'error' and not finite.all():
+    bad_step = first_step + int(np.argmin(finite))
+    where = (f'the last good checkpoint is step {last_good}' if last_good is not None
+             else 'no checkpoint of this stage was written yet')
+    raise NonFiniteError(
+        f'{stage}: loss or gradients became NaN/Inf at step {bad_step}; training stopped and '
+        f'nothing after it was saved ({where}). Lower the learning rate, check the input '
+        'data, or set --config.nan_policy=skip to skip such steps.')
+
+
+def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerprint: str,
+                log_every_steps: int, checkpoint_every_steps: int, keep_checkpoints: int,
+                nan_policy: str = 'error', target_steps: Optional[int] = None,
+                on_step: Optional[Callable[[int], None]] = None) -> TrainState:
+  """Trains one stage to its end (or resumes it), checkpointing as it goes.
+
+  Resumes from the stage's latest checkpoint; the data order and the noise of step t are pure
+  functions of (seed, stage, t), so a resumed run continues exactly like an uninterrupted one.
+  `target_steps` overrides the number of steps the config asks for (a completed stage passes its
+  final step, so that it is only restored).
+  """
+  schedule = lr_schedule(spec.config, spec.steps_per_epoch)
+  tx = make_optimizer(schedule)
+  state = create_train_state(spec.model, spec.example_input, base_rng=spec.base_rng, tx=tx)
+  ckpt = checkpointing.StageCheckpointer(
+      workdir, spec.name, experiment_fingerprint=experiment_fingerprint,
+      max_to_keep=keep_checkpoints)
+  last_good = ckpt.latest_step()
+  if last_good is not None:
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), state)
+    state, _ = ckpt.restore(last_good, abstract)
+  state = jax.device_put(state, replicated(mesh))
+
+  num_steps = (target_steps if target_steps is not None
+               else total_steps(spec.config, spec.steps_per_epoch))
+  step = int(state.step)
+  logging.info('%s: step %d of %d (%d steps per epoch, %d epochs)', spec.name, step,
+               num_steps, spec.steps_per_epoch, spec.config.num_epochs)
+  step_fn = jit_train_step(
+      make_train_step(spec.model, prepare_input=spec.prepare_input,
+                      reconstruction_loss=spec.config.reconstruction_loss,
+                      beta=spec.config.beta, nan_policy=nan_policy), mesh)
+  writer = metric_logging.create_writer(workdir, spec.name)
+
+  def save(at_step):
+    ckpt.save(at_step, state, {'epoch': at_step // spec.steps_per_epoch})
+
+  pending = []  # Device metrics since the last host check.
+  window_start_time, window_start_step = time.time(), step
+  try:
+    with _SigtermFlag() as sigterm:
+      while step < num_steps:
+        epoch, skip = divmod(step, spec.steps_per_epoch)
+        batches = spec.epoch_batches(epoch, skip)
+        epoch_start_step = step
+        for batch in itertools.islice(batches, spec.steps_per_epoch - skip):
+          state, metrics = step_fn(state, shard_batch(batch, mesh))
+          pending.append(metrics)
+          step += 1
+          if on_step is not None:
+            on_step(step)
+          log_now = step % log_every_steps == 0 or step == num_steps
+          save_now = step % checkpoint_every_steps == 0 or step == num_steps
+          if log_now or save_now or sigterm.raised:
+            host_metrics = jax.device_get(pending)
+            _check_finite(spec.name, host_metrics, step - len(pending) + 1, last_good,
+                          nan_policy)
+            pending = []
+            if log_now:
+              now = time.time()
+              steps_per_sec = (step - window_start_step) / max(now - window_start_time, 1e-9)
+              mean = {k: float(np.mean([m[k] for m in host_metrics]))
+                      for k in host_metrics[0] if k != 'finite'}
+              mean['learning_rate'] = float(schedule(step - 1))
+              mean['steps_per_sec'] = steps_per_sec
+              mean['examples_per_sec'] = steps_per_sec * spec.examples_per_batch
+              mean['epoch'] = epoch
+              mean['num_skipped'] = float(state.num_skipped)
+              writer.write_scalars(step, mean)
+              metric_logging.log_progress(spec.name, step, num_steps, epoch, mean,
+                                          steps_per_sec, mean['examples_per_sec'])
+              window_start_time, window_start_step = time.time(), step
+            if save_now or sigterm.raised:
+              save(step)
+              last_good = step
+          if sigterm.raised:
+            ckpt.wait()
+            raise Preempted(f'{spec.name}: stopped by SIGTERM after step {step}; checkpoint '
+                            f'saved. Rerun the same command to resume.')
+          if step >= num_steps:
+            break
+        if step == epoch_start_step:
+          raise RuntimeError(f'{spec.name}: epoch {epoch} yielded no batch after skipping '
+                             f'{skip}; the data set is smaller than steps_per_epoch says.')
+  finally:
+    writer.flush()
+    ckpt.close()
+  return state
+
+
+def fail(message: str, code: int = 1):
+  logging.error(message)
+  print(message, file=sys.stderr)
+  sys.exit(code)

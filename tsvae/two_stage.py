@@ -1,0 +1,220 @@
+"""The whole Two-Stage VAE run: stage 1 → latent extraction → stage 2 → sample grids.
+
+Each phase leaves a durable record in the workdir and is skipped when a rerun finds it:
+
+  <workdir>/config.json              the experiment this workdir holds (checked on every run)
+  <workdir>/stage1/checkpoints/<n>   Orbax checkpoints;  <workdir>/stage1/COMPLETE when done
+  <workdir>/latents/                 (μ_z, σ_z) of the training split as a tfds dataset
+  <workdir>/stage2/...               as stage 1
+  <workdir>/samples/*.png            stage-2 samples, stage-1 (prior) samples, reconstructions
+  <workdir>/metrics.jsonl, tensorboard/
+
+An unfinished stage resumes from its latest checkpoint.
+"""
+
+import os
+from typing import Any, Dict, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tsvae import checkpointing
+from tsvae import config_lib
+from tsvae import fileio
+from tsvae import images
+from tsvae import input_pipeline
+from tsvae import models
+from tsvae import sampling
+from tsvae import train
+
+LATENTS_DIR = 'latents'
+SAMPLES_DIR = 'samples'
+# Independent PRNG streams, folded into PRNGKey(config.seed).
+_STAGE1_STREAM, _STAGE2_STREAM, _SAMPLING_STREAM = 1, 2, 3
+
+
+class Experiment:
+  """The validated config plus everything derived from it (models, data, mesh)."""
+
+  def __init__(self, config, workdir: str, devices: Optional[Sequence[jax.Device]] = None):
+    self.config = config
+    self.workdir = workdir
+    self.mesh = train.make_mesh(devices)
+    # Everything that can fail on bad input fails here, before any compute or write.
+    config_lib.validate(config, num_devices=self.mesh.size,
+                        num_processes=jax.process_count())
+    if config.data.manual_dir:
+      input_pipeline.validate_manual_dir(config.dataset, config.data.manual_dir)
+    config_lib.check_workdir(config, workdir)
+
+    self.fingerprint = checkpointing.fingerprint(config_lib.experiment_keys(config))
+    self.image_shape = input_pipeline.image_shape(config.dataset)
+    arch_kwargs = dict(config.resnet) if config.arch == 'resnet' else {}
+    self.model1 = models.make_stage1_model(config.arch, self.image_shape, config.latent_dim,
+                                           **arch_kwargs)
+    self.model2 = models.make_stage2_model(config.latent_dim, config.stage2.depth,
+                                           config.stage2.width)
+    self.root_rng = jax.random.PRNGKey(config.seed)
+    self._builder = None
+
+  @property
+  def builder(self):
+    """The image dataset builder (prepares the data on first use)."""
+    if self._builder is None:
+      self._builder = input_pipeline.get_builder(
+          self.config.dataset, data_dir=self.config.data.data_dir or None,
+          manual_dir=self.config.data.manual_dir or None)
+    return self._builder
+
+  def steps_per_epoch(self, num_examples: int) -> int:
+    per_process = num_examples // jax.process_count()
+    steps = per_process // (self.config.batch_size // jax.process_count())
+    if steps == 0:
+      raise input_pipeline.DataError(
+          f'{num_examples} training examples give no full batch of {self.config.batch_size}.')
+    return steps
+
+  def _train_kwargs(self):
+    c = self.config
+    return dict(mesh=self.mesh, workdir=self.workdir, experiment_fingerprint=self.fingerprint,
+                log_every_steps=c.log_every_steps,
+                checkpoint_every_steps=c.checkpoint_every_steps,
+                keep_checkpoints=c.keep_checkpoints, nan_policy=c.nan_policy)
+
+  # ------------------------------------------------------------------------- stages
+
+  def stage1_spec(self) -> train.StageSpec:
+    c = self.config
+    builder = self.builder
+    steps = self.steps_per_epoch(input_pipeline.num_examples(builder, 'train'))
+
+    def epoch_batches(epoch, skip):
+      return tfds.as_numpy(input_pipeline.make_image_dataset(
+          builder, 'train', dataset=c.dataset, global_batch_size=c.batch_size,
+          shuffle_seed=c.seed, epoch=epoch, skip_batches=skip,
+          shuffle_buffer=c.data.shuffle_buffer))
+
+    local_batch = c.batch_size // jax.process_count()
+    return train.StageSpec(
+        name='stage1', model=self.model1, config=c.stage1, prepare_input=train.image_input,
+        example_input=np.zeros((local_batch,) + tuple(self.image_shape), np.float32),
+        steps_per_epoch=steps, epoch_batches=epoch_batches,
+        base_rng=jax.random.fold_in(self.root_rng, _STAGE1_STREAM),
+        examples_per_batch=c.batch_size)
+
+  def stage2_spec(self) -> train.StageSpec:
+    c = self.config
+    latents = input_pipeline.read_latent_dataset_builder(self.latents_dir)
+    steps = self.steps_per_epoch(input_pipeline.num_examples(latents, 'train'))
+
+    def epoch_batches(epoch, skip):
+      return tfds.as_numpy(input_pipeline.make_latent_dataset(
+          latents, global_batch_size=c.batch_size, shuffle_seed=c.seed + 1, epoch=epoch,
+          skip_batches=skip))
+
+    local_batch = c.batch_size // jax.process_count()
+    example = np.zeros((local_batch, c.latent_dim), np.float32)
+    return train.StageSpec(
+        name='stage2', model=self.model2, config=c.stage2, prepare_input=train.latent_input,
+        example_input=example, steps_per_epoch=steps, epoch_batches=epoch_batches,
+        base_rng=jax.random.fold_in(self.root_rng, _STAGE2_STREAM),
+        examples_per_batch=c.batch_size)
+
+  def run_stage(self, spec: train.StageSpec) -> train.TrainState:
+    """Trains the stage to completion, or only restores it when it is already complete."""
+    marker = fileio.read_json(
+        os.path.join(checkpointing.stage_dir(self.workdir, spec.name),
+                     checkpointing.COMPLETE_MARKER))
+    if marker is not None:
+      logging.info('%s is complete (step %d); restoring it.', spec.name, marker['step'])
+      return train.train_stage(spec, target_steps=marker['step'], **self._train_kwargs())
+    state = train.train_stage(spec, **self._train_kwargs())
+    checkpointing.mark_complete(self.workdir, spec.name, {'step': int(state.step)})
+    return state
+
+  # ------------------------------------------------------------------------- latents
+
+  @property
+  def latents_dir(self) -> str:
+    return os.path.join(self.workdir, LATENTS_DIR)
+
+  def latents_exist(self) -> bool:
+    try:
+      input_pipeline.read_latent_dataset_builder(self.latents_dir)
+      return True
+    except input_pipeline.DataError:
+      return False
+
+  def encode_split(self, state1, split: str = 'train'):
+    """(μ_z, σ_z) of every example of `split`, in order, inference mode."""
+    c = self.config
+    variables = sampling.variables_of(state1)
+    mus, sigmas = [], []
+    dataset = input_pipeline.make_eval_dataset(self.builder, split, c.dataset, c.batch_size)
+    for batch in tfds.as_numpy(dataset):
+      x = train.image_input(batch, None)
+      n = len(x)
+      if n < c.batch_size:  # Pad the last batch so that one compiled shape serves all.
+        x = np.concatenate([x, np.zeros((c.batch_size - n,) + x.shape[1:], x.dtype)])
+      mu, sigma = jax.device_get(sampling.encode_batch(self.model1, variables, x))
+      mus.append(mu[:n])
+      sigmas.append(sigma[:n])
+    return np.concatenate(mus), np.concatenate(sigmas)
+
+  def extract_latents(self, state1):
+    if self.latents_exist():
+      logging.info('Latents found in %s; skipping extraction.', self.latents_dir)
+      return
+    logging.info('Encoding the training split into %s', self.latents_dir)
+    mu, sigma = self.encode_split(state1)
+    if jax.process_index() == 0:
+      input_pipeline.write_latent_dataset(self.latents_dir, mu, sigma)
+    logging.info('Stored %d latent codes (mean σ² %.4f).', len(mu), float(np.mean(sigma**2)))
+
+  # ------------------------------------------------------------------------- sampling
+
+  def write_samples(self, state1, state2) -> Dict[str, str]:
+    c = self.config
+    n = c.sampling.num_grid_images
+    v1, v2 = sampling.variables_of(state1), sampling.variables_of(state2)
+    rng = jax.random.fold_in(self.root_rng, _SAMPLING_STREAM)
+    r2, r1, rr = jax.random.split(rng, 3)
+    stage2 = sampling.generate_stage2(self.model1, v1, self.model2, v2, r2, n,
+                                      pixel_noise=c.sampling.pixel_noise)
+    stage1 = sampling.generate_stage1(self.model1, v1, r1, n, latent_dim=c.latent_dim,
+                                      pixel_noise=c.sampling.pixel_noise)
+    num_originals = max(1, n // 2)
+    test_images = next(iter(tfds.as_numpy(input_pipeline.make_eval_dataset(
+        self.builder, 'test', c.dataset, num_originals))))
+    originals = train.image_input(test_images, None)
+    recons = sampling.reconstruct(self.model1, v1, np.asarray(originals), rr)
+    paths = {
+        'stage2_samples': os.path.join(self.workdir, SAMPLES_DIR, 'stage2_samples.png'),
+        'stage1_samples': os.path.join(self.workdir, SAMPLES_DIR, 'stage1_samples.png'),
+        'reconstructions': os.path.join(self.workdir, SAMPLES_DIR, 'reconstructions.png'),
+    }
+    if jax.process_index() == 0:
+      cols = int(np.ceil(np.sqrt(n)))
+      images.save_grid(paths['stage2_samples'], stage2, cols)
+      images.save_grid(paths['stage1_samples'], stage1, cols)
+      images.save_grid(paths['reconstructions'], images.interleave(originals, recons),
+                       cols + cols % 2)
+      logging.info('Wrote sample grids to %s', os.path.dirname(paths['stage2_samples']))
+    return paths
+
+  # ------------------------------------------------------------------------- all
+
+  def run(self) -> Dict[str, Any]:
+    config_lib.record_config(self.config, self.workdir)
+    state1 = self.run_stage(self.stage1_spec())
+    self.extract_latents(state1)
+    state2 = self.run_stage(self.stage2_spec())
+    paths = self.write_samples(state1, state2)
+    return {'state1': state1, 'state2': state2, 'samples': paths}
+
+
+def run(config, workdir: str, devices: Optional[Sequence[jax.Device]] = None):
+  """Validates, then runs (or resumes) the whole two-stage experiment in `workdir`."""
+  return Experiment(config, workdir, devices).run()
