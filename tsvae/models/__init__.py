@@ -1,0 +1,102 @@
+"""Model registry: stage-1 architectures (InfoGAN-SN, WAE, ResNet) and the stage-2 VAE."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tsvae.models.infogan import InfoGANDecoder, InfoGANEncoder
+from tsvae.models.layers import ConvTranspose, conv_transpose, conv_transpose_reference
+from tsvae.models.resnet import ResNetDecoder, ResNetEncoder
+from tsvae.models.stage2 import Stage2Decoder, Stage2Encoder
+from tsvae.models.vae import VAE
+from tsvae.models.wae import WAEDecoder, WAEEncoder
+
+STAGE1_ARCHS = ('infogan', 'wae', 'resnet')
+
+_SUPPORTED_CHANNELS = (1, 3)
+_INFOGAN_SIZES = (28, 32, 64)
+_RESNET_KWARGS = ('num_scale', 'block_per_scale', 'depth_per_block', 'kernel_size',
+                  'base_dim', 'fc_dim')
+
+
+def _supports(arch: str) -> str:
+  return {
+      'infogan': f'square {"/".join(map(str, _INFOGAN_SIZES))} px images',
+      'wae': 'square 64x64 images only',
+      'resnet': 'square power-of-two sizes >= 4 (e.g. 32x32, 64x64)',
+  }[arch]
+
+
+def _size_ok(arch: str, size: int) -> bool:
+  if arch == 'infogan':
+    return size in _INFOGAN_SIZES
+  if arch == 'wae':
+    return size == 64
+  return size >= 4 and size & (size - 1) == 0  # resnet
+
+
+def check_image_shape(arch: str, image_shape: Sequence[int]) -> tuple[int, int, int]:
+  """Validates that stage-1 ``arch`` can model images of ``image_shape`` (H, W, C).
+
+  Returns the shape as a tuple of ints; raises ``ValueError`` with a helpful message.
+  """
+  if arch not in STAGE1_ARCHS:
+    raise ValueError(f'unknown stage-1 arch {arch!r}; known archs: {", ".join(STAGE1_ARCHS)}')
+  shape = tuple(int(d) for d in image_shape)
+  if len(shape) != 3:
+    raise ValueError(f'arch {arch!r} needs image_shape (H, W, C), got {tuple(image_shape)!r}')
+  h, w, c = shape
+  shape_str = f'{h}x{w}x{c}'
+  if h != w:
+    raise ValueError(f"arch {arch!r} needs square images, got {shape_str}; it supports "
+                     f'{_supports(arch)}')
+  if c not in _SUPPORTED_CHANNELS:
+    raise ValueError(f'arch {arch!r} supports 1 or 3 channels, got {shape_str}')
+  if not _size_ok(arch, h):
+    others = [a for a in STAGE1_ARCHS if a != arch and _size_ok(a, h)]
+    hint = (f'; use arch={" or ".join(repr(a) for a in others)} for {h}x{w} images'
+            if others else '')
+    raise ValueError(f'arch {arch!r} supports {_supports(arch)}, got {shape_str}{hint}')
+  return shape
+
+
+def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
+                      **arch_kwargs) -> VAE:
+  """Stage-1 VAE (``loggamma_x``) for ``arch`` in ``STAGE1_ARCHS``.
+
+  ``arch_kwargs`` are the ResNet knobs (num_scale, block_per_scale, depth_per_block,
+  kernel_size, base_dim, fc_dim) and ``fast_vjp`` (all archs; transposed-conv backward).
+  """
+  shape = check_image_shape(arch, image_shape)
+  fast_vjp = arch_kwargs.pop('fast_vjp', True)
+  if arch == 'resnet':
+    unknown = sorted(set(arch_kwargs) - set(_RESNET_KWARGS))
+    if unknown:
+      raise TypeError(f'unknown resnet kwargs {unknown}; known: {list(_RESNET_KWARGS)}')
+    enc_kw = dict(arch_kwargs)
+    dec_kw = {k: v for k, v in arch_kwargs.items() if k not in ('num_scale', 'fc_dim')}
+    encoder = ResNetEncoder(latent_dim, **enc_kw)
+    decoder = ResNetDecoder(shape, fast_vjp=fast_vjp, **dec_kw)
+  else:
+    if arch_kwargs:
+      raise TypeError(f'arch {arch!r} takes no extra kwargs, got {sorted(arch_kwargs)}')
+    if arch == 'infogan':
+      encoder = InfoGANEncoder(latent_dim)
+      decoder = InfoGANDecoder(shape, fast_vjp=fast_vjp)
+    else:
+      encoder = WAEEncoder(latent_dim)
+      decoder = WAEDecoder(shape, fast_vjp=fast_vjp)
+  return VAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x')
+
+
+def make_stage2_model(latent_dim: int, depth: int = 3, width: int = 1024) -> VAE:
+  """Stage-2 VAE (``loggamma_z``): z -> u (dim latent_dim) -> z_hat."""
+  return VAE(encoder=Stage2Encoder(latent_dim, depth, width),
+             decoder=Stage2Decoder(latent_dim, depth, width), gamma_name='loggamma_z')
+
+
+__all__ = [
+    'STAGE1_ARCHS', 'VAE', 'check_image_shape', 'make_stage1_model', 'make_stage2_model',
+    'InfoGANEncoder', 'InfoGANDecoder', 'ResNetEncoder', 'ResNetDecoder', 'Stage2Encoder',
+    'Stage2Decoder', 'WAEEncoder', 'WAEDecoder', 'ConvTranspose', 'conv_transpose', 'conv_transpose_reference',
+]

@@ -1,0 +1,303 @@
+"""Building blocks shared by the tsvae networks.
+
+Reference: daib13/TwoStageVAE, ``network/util.py`` (TF1). Everything here is a pure
+function or a ``flax.linen`` module; mutable state (BatchNorm moving averages, the
+spectral-norm power-iteration vector) lives in the ``batch_stats`` collection.
+
+Contents
+- ``conv_transpose``: ``tf.nn.conv2d_transpose`` semantics with a custom VJP whose
+  kernel gradient is the ordinary weight gradient of a strided convolution (XLA:CPU is
+  ~6x slower at the autodiff kernel gradient of a stride-2 transposed conv).
+- ``ConvTranspose``: module around it (reference ``deconv2d`` / ``tf.layers.conv2d_transpose``).
+- ``spectral_normalize``, ``SNConv``, ``SNDense``: spectral normalisation exactly as the
+  reference ``spectral_norm`` (reference ``conv2d(use_sn=True)`` / ``linear(use_sn=True)``).
+- ``batch_norm``: reference ``batch_norm`` (decay 0.999, eps 1e-5).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+_DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+
+# Initialisers of the reference code.
+#: ``tf.truncated_normal_initializer(stddev=0.02)`` (TF1: truncated at 2 std, no rescaling).
+conv_init_infogan = nn.initializers.truncated_normal(stddev=0.02)
+#: ``tf.random_normal_initializer(stddev=0.02)`` (reference ``linear`` and ``deconv2d``).
+normal_init_infogan = nn.initializers.normal(stddev=0.02)
+#: ``tf.layers`` default kernel initialiser (glorot uniform, fan_avg; symmetric in in/out).
+glorot_uniform = nn.initializers.glorot_uniform()
+zeros_init = nn.initializers.zeros
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+  if isinstance(v, int):
+    return (v, v)
+  v = tuple(int(a) for a in v)
+  if len(v) != 2:
+    raise ValueError(f'expected an int or a pair, got {v!r}')
+  return v
+
+
+# --------------------------------------------------------------------------------------
+# Transposed convolution
+# --------------------------------------------------------------------------------------
+
+
+def _conv(y: Array, kernel: Array, strides: tuple[int, int], padding: str) -> Array:
+  """Ordinary NHWC convolution, ``kernel`` viewed as HWIO (``tf.nn.conv2d``)."""
+  return lax.conv_general_dilated(
+      y, kernel, window_strides=strides, padding=padding,
+      dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def _transposed_output_size(size: int, k: int, s: int, padding: str) -> int:
+  """Spatial output size of ``tf.layers.conv2d_transpose`` (``deconv_output_length``)."""
+  if padding == 'SAME':
+    return size * s
+  if padding == 'VALID':
+    return size * s + max(k - s, 0)
+  raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+
+
+def _check_conv_transpose_args(x: Array, kernel: Array, strides, padding: str):
+  if x.ndim != 4 or kernel.ndim != 4:
+    raise ValueError(
+        f'conv_transpose expects x [B,H,W,C] and kernel [kh,kw,out,in], got '
+        f'{x.shape} and {kernel.shape}')
+  if kernel.shape[3] != x.shape[3]:
+    raise ValueError(
+        f'kernel {kernel.shape} (layout kh,kw,out,in) does not match input channels '
+        f'{x.shape[3]}')
+  strides = _pair(strides)
+  if padding not in ('SAME', 'VALID'):
+    raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+  out_hw = tuple(
+      _transposed_output_size(x.shape[1 + i], kernel.shape[i], strides[i], padding)
+      for i in range(2))
+  out_shape = (x.shape[0], out_hw[0], out_hw[1], kernel.shape[2])
+  return strides, out_shape
+
+
+def _transpose_of_conv(x: Array, kernel: Array, strides: tuple[int, int], padding: str,
+                       out_shape: tuple[int, ...]) -> Array:
+  """Adjoint (w.r.t. its input) of ``_conv(., kernel)`` applied to ``x``.
+
+  This is precisely what ``tf.nn.conv2d_transpose`` computes. Plain JAX: autodiff
+  through it w.r.t. ``kernel`` goes through the lhs-dilated convolution (slow on CPU).
+  """
+  dtype = jnp.result_type(x, kernel)
+  transpose = jax.linear_transpose(lambda y: _conv(y, kernel, strides, padding),
+                                   jax.ShapeDtypeStruct(out_shape, dtype))
+  (out,) = transpose(x.astype(dtype))
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_transpose_fast(x, kernel, strides, padding, out_shape):
+  return _transpose_of_conv(x, kernel, strides, padding, out_shape)
+
+
+def _conv_transpose_fast_fwd(x, kernel, strides, padding, out_shape):
+  out = _transpose_of_conv(x, kernel, strides, padding, out_shape)
+  return out, (x, kernel)
+
+
+def _conv_transpose_fast_bwd(strides, padding, out_shape, res, g):
+  del out_shape
+  x, kernel = res
+  # conv_transpose(x, W) = A_W^T x with A_W y = conv(y, W); hence
+  # <g, A_W^T x> = <conv(g, W), x>: the input gradient is the ordinary strided conv of
+  # the cotangent, and the kernel gradient is that conv's ordinary weight gradient
+  # evaluated at input g with cotangent x.
+  dx, kernel_vjp = jax.vjp(lambda w: _conv(g, w, strides, padding), kernel)
+  (dkernel,) = kernel_vjp(x.astype(dx.dtype))
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_conv_transpose_fast.defvjp(_conv_transpose_fast_fwd, _conv_transpose_fast_bwd)
+
+
+def conv_transpose(x: Array, kernel: Array, strides: int | Sequence[int],
+                   padding: str = 'SAME') -> Array:
+  """``tf.nn.conv2d_transpose`` with a fast custom VJP.
+
+  Args:
+    x: input [B, H, W, C_in].
+    kernel: [kh, kw, C_out, C_in] (TF layout for transposed convolutions).
+    strides: int or (sh, sw).
+    padding: 'SAME' (output H*sh x W*sw) or 'VALID' (output H*sh + max(kh-sh, 0), ...).
+
+  Returns:
+    [B, H', W', C_out]: the input-gradient of ``conv2d(y, kernel, strides, padding)``
+    (kernel read as HWIO with I=C_out, O=C_in) applied to ``x``. The backward pass uses
+    only ordinary strided convolutions (see environment-notes, "Speed").
+  """
+  strides, out_shape = _check_conv_transpose_args(x, kernel, strides, padding)
+  return _conv_transpose_fast(x, kernel, strides, padding, out_shape)
+
+
+def conv_transpose_reference(x: Array, kernel: Array, strides: int | Sequence[int],
+                             padding: str = 'SAME') -> Array:
+  """Same function as ``conv_transpose`` with plain autodiff (for tests / fallback)."""
+  strides, out_shape = _check_conv_transpose_args(x, kernel, strides, padding)
+  return _transpose_of_conv(x, kernel, strides, padding, out_shape)
+
+
+class ConvTranspose(nn.Module):
+  """Transposed conv layer: reference ``deconv2d`` / ``tf.layers.conv2d_transpose``.
+
+  The kernel has TF's layout (kh, kw, features, in_features).
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: str = 'SAME'
+  use_bias: bool = True
+  kernel_init: Initializer = glorot_uniform
+  bias_init: Initializer = zeros_init
+  fast_vjp: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kh, kw = _pair(self.kernel_size)
+    kernel = self.param('kernel', self.kernel_init,
+                        (kh, kw, self.features, x.shape[-1]), jnp.float32)
+    fn = conv_transpose if self.fast_vjp else conv_transpose_reference
+    y = fn(x, kernel, self.strides, self.padding)
+    if self.use_bias:
+      bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+      y = y + bias
+    return y
+
+
+# --------------------------------------------------------------------------------------
+# Spectral normalisation
+# --------------------------------------------------------------------------------------
+# Why not ``flax.linen.SpectralNorm``: it persists the power-iteration vector on the
+# *output* side of the (-1, out) matrix (shape (1, out)) and starts each step from it,
+# while the reference persists u on the *input* side (shape (kh*kw*in, 1)), computes
+# v = normalize(W^T u), u' = normalize(W v), sigma = u'^T W v. With one power iteration
+# per step the two give different sigma estimates and differently shaped state, so we
+# implement the reference algorithm directly (it is a few lines).
+
+
+def _tf_l2_normalize(x: Array, eps: float) -> Array:
+  """``tf.nn.l2_normalize(x, dim=None, epsilon=eps)``: x / sqrt(max(sum x^2, eps))."""
+  return x * lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x)), eps))
+
+
+def spectral_normalize(kernel: Array, u: Array, n_power_iterations: int = 1,
+                       eps: float = 1e-12) -> tuple[Array, Array, Array]:
+  """Reference ``spectral_norm``: returns (kernel / sigma, new u, sigma).
+
+  ``kernel`` is viewed as W = reshape(kernel, (-1, out)); ``u`` has shape (rows(W), 1).
+  u and v are treated as constants for differentiation (stop_gradient), sigma = u^T W v.
+  """
+  if n_power_iterations < 1:
+    raise ValueError('spectral_normalize needs at least one power iteration')
+  w = kernel.reshape(-1, kernel.shape[-1])
+  for _ in range(n_power_iterations):
+    v = _tf_l2_normalize(w.T @ u, eps)
+    u = _tf_l2_normalize(w @ v, eps)
+  u = lax.stop_gradient(u)
+  v = lax.stop_gradient(v)
+  sigma = (u.T @ w @ v)[0, 0]
+  return (w / sigma).reshape(kernel.shape), u, sigma
+
+
+def _sn_kernel(module: nn.Module, kernel: Array, update_stats: bool,
+               n_power_iterations: int, eps: float) -> Array:
+  """Normalise ``kernel`` of ``module``; state ``batch_stats/<module>/u`` (N(0,1) init)."""
+  rows = kernel.size // kernel.shape[-1]
+  u_var = module.variable(
+      'batch_stats', 'u',
+      lambda: jax.random.normal(module.make_rng('params'), (rows, 1), jnp.float32))
+  w_bar, u_new, _ = spectral_normalize(kernel, u_var.value, n_power_iterations, eps)
+  if update_stats and not module.is_initializing():
+    u_var.value = u_new
+  return w_bar
+
+
+class SNConv(nn.Module):
+  """Reference ``conv2d(..., use_sn=True)``: SAME conv with a spectrally normalised kernel.
+
+  ``update_stats`` (= train) stores the new u; the forward always uses the freshly
+  iterated u (as the reference does).
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  kernel_init: Initializer = conv_init_infogan
+  bias_init: Initializer = zeros_init
+  n_power_iterations: int = 1
+  eps: float = 1e-12
+
+  @nn.compact
+  def __call__(self, x: Array, update_stats: bool) -> Array:
+    kh, kw = _pair(self.kernel_size)
+    kernel = self.param('kernel', self.kernel_init,
+                        (kh, kw, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    kernel = _sn_kernel(self, kernel, update_stats, self.n_power_iterations, self.eps)
+    return _conv(x, kernel, _pair(self.strides), 'SAME') + bias
+
+
+class SNDense(nn.Module):
+  """Reference ``linear(..., use_sn=True)``: dense layer with spectrally normalised kernel."""
+  features: int
+  kernel_init: Initializer = normal_init_infogan
+  bias_init: Initializer = zeros_init
+  n_power_iterations: int = 1
+  eps: float = 1e-12
+
+  @nn.compact
+  def __call__(self, x: Array, update_stats: bool) -> Array:
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    kernel = _sn_kernel(self, kernel, update_stats, self.n_power_iterations, self.eps)
+    return x @ kernel + bias
+
+
+# --------------------------------------------------------------------------------------
+# BatchNorm and misc
+# --------------------------------------------------------------------------------------
+
+
+def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+  """Reference ``batch_norm``: decay 0.999, eps 1e-5, affine, biased batch variance.
+
+  Statistics over all axes but the last. No ``axis_name``: under jit over a device mesh
+  the batch statistics are those of the global batch.
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=0.999, epsilon=1e-5,
+                      use_fast_variance=False, name=name)
+
+
+def lrelu(x: Array, leak: float = 0.2) -> Array:
+  """Reference ``lrelu``: max(x, leak*x)."""
+  return jnp.maximum(x, leak * x)
+
+
+def dense(features: int, name: str | None = None, **kw: Any) -> nn.Dense:
+  """``tf.layers.dense`` (glorot-uniform kernel, zero bias)."""
+  return nn.Dense(features, kernel_init=glorot_uniform, bias_init=zeros_init, name=name,
+                  **kw)
+
+
+def conv(features: int, kernel_size: int, strides: int = 1,
+         name: str | None = None) -> nn.Conv:
+  """``tf.layers.conv2d(..., padding='same')`` (glorot-uniform kernel, zero bias)."""
+  return nn.Conv(features, _pair(kernel_size), strides=_pair(strides), padding='SAME',
+                 kernel_init=glorot_uniform, bias_init=zeros_init, name=name)
