@@ -20,6 +20,7 @@ def atomic_write_bytes(path: str, data: bytes):
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

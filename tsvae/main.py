@@ -19,6 +19,7 @@ from ml_collections import config_flags
 from tsvae import checkpointing
 from tsvae import config_lib
 from tsvae import input_pipeline
+from tsvae import metric_logging
 from tsvae import train
 from tsvae import two_stage
 
@@ -36,6 +37,7 @@ NON_FINITE_EXIT_CODE = 3
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  metric_logging.quiet_library_logs()
   logging.info('JAX %s: %d process(es), %d local / %d global devices (%s)', jax.__version__,
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)

@@ -6,6 +6,7 @@ it is what benchmarks and notebooks read. Only process 0 writes; other processes
 """
 
 import json
+import logging as logging_std
 import os
 import time
 from typing import Any, Mapping, Optional
@@ -67,6 +68,24 @@ def create_writer(workdir: str, stage: str) -> metric_writers.MetricWriter:
       metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard', stage)),
       JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), extra={'stage': stage}),
   ])
+
+
+class _DropLibraryChatter(logging_std.Filter):
+  """Keeps INFO records of Orbax / TensorStore internals out of the run log (warnings stay)."""
+
+  _NOISY = ('orbax', 'tensorstore', 'tensorflow_datasets')
+
+  def filter(self, record):
+    if record.levelno >= logging_std.WARNING:
+      return True
+    return not any(name in record.pathname for name in self._NOISY)
+
+
+def quiet_library_logs():
+  """Installs the filter on the 'absl' logger that absl.logging writes through (idempotent)."""
+  logger = logging_std.getLogger('absl')
+  if not any(isinstance(f, _DropLibraryChatter) for f in logger.filters):
+    logger.addFilter(_DropLibraryChatter())
 
 
 def format_duration(seconds: float) -> str:

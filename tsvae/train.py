@@ -107,10 +107,11 @@ def create_train_state(model, example_input: np.ndarray, *, base_rng: jax.Array,
   variables = jax.jit(lambda x: model.init({'params': init_rng, 'noise': noise_rng}, x,
                                            train=False))(example_input)
   variables = flax.core.unfreeze(variables)
-  return TrainState.create(
+  state = TrainState.create(
       apply_fn=model.apply, params=variables['params'], tx=tx,
       batch_stats=variables.get('batch_stats', {}), rng=step_rng,
       num_skipped=jnp.zeros((), jnp.int32))
+  return state.replace(step=jnp.zeros((), jnp.int32))  # An array leaf, like every other.
 
 
 def image_input(batch: Mapping[str, jax.Array], rng: jax.Array) -> jax.Array:

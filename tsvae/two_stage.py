@@ -107,7 +107,7 @@ class Experiment:
   def stage2_spec(self) -> train.StageSpec:
     c = self.config
     latents = input_pipeline.read_latent_dataset_builder(self.latents_dir)
-    steps = self.steps_per_epoch(input_pipeline.num_examples(latents, 'train'))
+    steps = self.steps_per_epoch(latents.num_examples)
 
     def epoch_batches(epoch, skip):
       return tfds.as_numpy(input_pipeline.make_latent_dataset(

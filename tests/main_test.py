@@ -1,0 +1,187 @@
+"""End to end: tsvae.main on mock data and on a tiny local dataset, resume, bad input."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from testdata import tiny_config, tiny_flags, write_mnist_dir
+from tsvae import checkpointing
+from tsvae import config_lib
+from tsvae import input_pipeline
+from tsvae import train
+from tsvae import two_stage
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _snapshot(directory):
+  """{relative path: (size, mtime)} of every file below `directory`."""
+  out = {}
+  for path in glob.glob(os.path.join(directory, '**'), recursive=True):
+    if os.path.isfile(path):
+      st = os.stat(path)
+      out[os.path.relpath(path, directory)] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+def _metric_lines(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope='module')
+def mock_run(tmp_path_factory):
+  """One complete two-stage run on tfds mock MNIST (40 examples), shared by several tests."""
+  workdir = str(tmp_path_factory.mktemp('mock_run'))
+  config = tiny_config()
+  with tfds.testing.mock_data(num_examples=40):
+    result = two_stage.run(config, workdir)
+  return config, workdir, result
+
+
+def test_full_run_writes_everything(mock_run):
+  config, workdir, result = mock_run
+  for name in ('stage2_samples', 'stage1_samples', 'reconstructions'):
+    path = result['samples'][name]
+    assert os.path.exists(path), path
+    grid = np.asarray(Image.open(path))
+    assert grid.ndim == 2 and grid.shape[0] > 4 * 28  # 4x4 grid of 28-px grayscale images.
+    assert grid.std() > 0  # Not a blank picture.
+  assert checkpointing.is_complete(workdir, 'stage1')
+  assert checkpointing.is_complete(workdir, 'stage2')
+  latents = input_pipeline.read_latent_dataset_builder(os.path.join(workdir, 'latents'))
+  assert latents.num_examples == 40 and latents.latent_dim == config.latent_dim
+  records = _metric_lines(workdir)
+  assert {r['stage'] for r in records} == {'stage1', 'stage2'}
+  stage1_steps = [r['step'] for r in records if r['stage'] == 'stage1']
+  assert stage1_steps[-1] == 5  # 40 // 8 steps in the one epoch (max_steps 6 not reached).
+  stage2_steps = [r['step'] for r in records if r['stage'] == 'stage2']
+  assert stage2_steps[-1] == 10  # Two epochs of 5 steps.
+  for key in ('loss', 'kl', 'gen', 'loggamma', 'steps_per_sec', 'learning_rate'):
+    assert key in records[-1]
+  assert int(result['state1'].step) == 5 and int(result['state2'].step) == 10
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
+  assert glob.glob(os.path.join(workdir, 'tensorboard', 'stage1', 'events.out.tfevents.*'))
+
+
+def test_rerun_of_finished_workdir_skips_all_training(mock_run):
+  config, workdir, _ = mock_run
+  lines_before = len(_metric_lines(workdir))
+  with tfds.testing.mock_data(num_examples=40):
+    again = two_stage.run(config, workdir)
+  assert len(_metric_lines(workdir)) == lines_before  # No step was trained.
+  assert int(again['state1'].step) == 5 and int(again['state2'].step) == 10
+
+
+def test_workdir_of_another_experiment_is_refused_untouched(mock_run):
+  _, workdir, _ = mock_run
+  before = _snapshot(workdir)
+  with pytest.raises(config_lib.ConfigError, match='latent_dim'):
+    two_stage.run(tiny_config(latent_dim=16), workdir)
+  assert _snapshot(workdir) == before
+
+
+def test_run_control_keys_may_change_on_resume(mock_run):
+  config, workdir, _ = mock_run
+  config = tiny_config(log_every_steps=5, stage2__num_epochs=2)
+  two_stage.Experiment(config, workdir)  # Validates without complaint.
+
+
+@pytest.mark.parametrize('overrides, error, match', [
+    (dict(dataset='mnsit'), config_lib.ConfigError, "Did you mean 'mnist'"),
+    (dict(arch='resnt'), config_lib.ConfigError, "Did you mean 'resnet'"),
+    (dict(arch='wae'), config_lib.ConfigError, '64x64'),
+    (dict(batch_size=7), config_lib.ConfigError, 'divisible by the 2 devices'),
+    (dict(latent_dim=0), config_lib.ConfigError, 'latent_dim must be a positive'),
+    (dict(stage1__max_steps=0), config_lib.ConfigError, 'max_steps'),
+    (dict(stage1__reconstruction_loss='l2'), config_lib.ConfigError, 'reconstruction_loss'),
+    (dict(data__manual_dir='/nonexistent/mnist'), input_pipeline.DataError,
+     'train-images-idx3-ubyte'),
+])
+def test_bad_input_fails_before_anything_is_written(tmp_path, overrides, error, match):
+  workdir = tmp_path / 'workdir'
+  with pytest.raises(error, match=match):
+    two_stage.run(tiny_config(**overrides), str(workdir))
+  assert not workdir.exists()
+
+
+def test_unwritable_workdir(tmp_path):
+  # A workdir below a regular file cannot be created, whoever runs the test (root included).
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  with pytest.raises(config_lib.ConfigError, match='cannot be written'):
+    two_stage.run(tiny_config(), str(blocker / 'run'))
+  assert blocker.read_text() == 'not a directory'
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+
+def _cli(workdir, manual_dir, data_dir, *extra):
+  return [sys.executable, '-m', 'tsvae.main', '--config=configs/default.py',
+          f'--workdir={workdir}', f'--config.data.manual_dir={manual_dir}',
+          f'--config.data.data_dir={data_dir}', *tiny_flags(**dict(extra))]
+
+
+@pytest.fixture(scope='module')
+def local_mnist(tmp_path_factory):
+  directory = tmp_path_factory.mktemp('local_mnist')
+  write_mnist_dir(str(directory / 'manual'), n_train=64, n_test=16)
+  return str(directory / 'manual'), str(directory / 'tfds')
+
+
+def test_cli_sigterm_then_resume(tmp_path, local_mnist):
+  """SIGTERM mid stage 1 → checkpoint + exit 75; the rerun resumes there and finishes."""
+  manual_dir, data_dir = local_mnist
+  workdir = str(tmp_path / 'run')
+  cmd = _cli(workdir, manual_dir, data_dir, ('stage1.max_steps', 40), ('stage1.num_epochs', 10),
+             ('checkpoint_every_steps', 1000), ('log_every_steps', 1))
+  proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(metrics) and len(_metric_lines(workdir)) >= 3:
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, proc.communicate()[0][-3000:]
+  proc.send_signal(signal.SIGTERM)
+  output = proc.communicate(timeout=120)[0]
+  assert proc.returncode == train.PREEMPTED_EXIT_CODE, output[-3000:]
+  assert 'stopped by SIGTERM' in output
+  saved = checkpointing.StageCheckpointer(workdir, 'stage1', experiment_fingerprint='').latest_step()
+  assert saved is not None and 3 <= saved < 40
+  assert not checkpointing.is_complete(workdir, 'stage1')
+
+  result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'stage1: step {saved} of 40' in result.stderr
+  stage1_steps = [r['step'] for r in _metric_lines(workdir) if r['stage'] == 'stage1']
+  assert stage1_steps[-1] == 40
+  assert sorted(set(stage1_steps)) == list(range(1, 41))  # Every step logged exactly once...
+  assert len(stage1_steps) == 40  # ...so the resumed run continued rather than restarted.
+  for name in ('stage2_samples.png', 'stage1_samples.png', 'reconstructions.png'):
+    assert os.path.exists(os.path.join(workdir, 'samples', name))
+
+
+def test_cli_bad_config_key_and_bad_dir(tmp_path, local_mnist):
+  manual_dir, data_dir = local_mnist
+  workdir = str(tmp_path / 'run')
+  typo = subprocess.run(_cli(workdir, manual_dir, data_dir) + ['--config.stage1.num_epoch=3'],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert typo.returncode != 0
+  assert 'num_epochs' in typo.stderr  # The "did you mean" suggestion.
+  missing = subprocess.run(_cli(workdir, str(tmp_path / 'nowhere'), data_dir), cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=120)
+  assert missing.returncode == 2
+  assert 'train-images-idx3-ubyte.gz' in missing.stderr
+  assert not os.path.exists(workdir)

@@ -1,0 +1,73 @@
+"""Synthetic data sets and tiny configs shared by the tests."""
+
+import gzip
+import os
+
+import numpy as np
+
+from configs import default
+from tsvae.datasets.local_builders import IDX_FILES
+
+N_TRAIN, N_TEST = 40, 12
+
+
+def write_idx(path, array, magic):
+  """Writes `array` as a gzipped IDX file with the given magic number."""
+  header = magic.to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def idx_images(n, offset):
+  """Random images whose pixel (0, 0) is a unique id (offset + index)."""
+  images = np.random.default_rng(offset).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+  images[:, 0, 0] = offset + np.arange(n)
+  return images
+
+
+def write_mnist_dir(directory, n_train=N_TRAIN, n_test=N_TEST):
+  """An MNIST-layout manual dir (the four IDX .gz files) of random images."""
+  os.makedirs(directory, exist_ok=True)
+  data = {}
+  for split, n, offset in (('train', n_train, 0), ('test', n_test, 100)):
+    images_name, labels_name = IDX_FILES[split]
+    images, labels = idx_images(n, offset), (np.arange(n) * 7 + offset) % 10
+    write_idx(os.path.join(directory, images_name), images, 2051)
+    write_idx(os.path.join(directory, labels_name), labels, 2049)
+    data[split] = (images, labels)
+  return data
+
+
+TINY_OVERRIDES = {
+    'latent_dim': 8,
+    'batch_size': 8,
+    'stage1.num_epochs': 1,
+    'stage1.max_steps': 6,
+    'stage2.num_epochs': 2,
+    'stage2.depth': 1,
+    'stage2.width': 32,
+    'sampling.num_grid_images': 16,
+    'log_every_steps': 2,
+    'checkpoint_every_steps': 3,
+}
+
+
+def tiny_config(**overrides):
+  """configs/default.py shrunk to seconds; `overrides` use '__' for '.' (stage1__max_steps)."""
+  config = default.get_config()
+  items = dict(TINY_OVERRIDES)
+  items.update({k.replace('__', '.'): v for k, v in overrides.items()})
+  for key, value in items.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def tiny_flags(**overrides):
+  """The same tiny config as --config.* command-line overrides."""
+  items = dict(TINY_OVERRIDES)
+  items.update({k.replace('__', '.'): v for k, v in overrides.items()})
+  return [f'--config.{k}={v}' for k, v in items.items()]

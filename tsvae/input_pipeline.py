@@ -1,0 +1,732 @@
+"""Data input pipeline: tfds builders, per-process sharded deterministic batches, stage-2 latents.
+
+Datasets: 'mnist', 'fashion_mnist', 'cifar10', 'celeba', 'celeba140'.
+
+* `get_builder` returns the stock tfds builder (downloads when online) or, given `manual_dir`,
+  one of the local builders of `tsvae.datasets` (offline; see `validate_manual_dir`).
+* `make_image_dataset` gives ONE epoch of training batches `{'image': float32 [b, H, W, C]}` in
+  [0, 1], b = global_batch_size // process_count, each process reading its own disjoint,
+  equally sized shard of the split. With a `shuffle_seed` the order of epoch `e` is a pure
+  function of (shuffle_seed, e, process index/count): a run resumed at (epoch, skip_batches)
+  sees exactly the batches an uninterrupted run would have seen from there on.
+  - Small datasets (MNIST, Fashion-MNIST, CIFAR-10) are decoded once into host memory as uint8
+    (kept per builder object) and each epoch is an exact full permutation of the shard drawn
+    with NumPy from (seed, epoch, process_index); skipping batches is free.
+  - CelebA streams: tfds file shuffling seeded via `tfds.ReadConfig(shuffle_seed=...)`, then a
+    `shuffle(shuffle_buffer, seed, reshuffle_each_iteration=False)` over still-encoded JPEG
+    bytes, skipping resumed batches before decoding, crop and resize.
+* `make_eval_dataset` gives deterministic batches in split order (last one may be partial),
+  optionally of a seeded random subset.
+* Stage-2 latents are stored as a tfds-format directory (tfrecord + tfds metadata) by
+  `write_latent_dataset` (atomically) and read back with `read_latent_dataset_builder` /
+  `make_latent_dataset`. Reading goes straight to the tfrecord files (not through
+  `DatasetBuilder.as_dataset`), so the true values come back even inside
+  `tfds.testing.mock_data`, which replaces every builder's `as_dataset` with random data.
+
+Every data problem a user can fix (missing / malformed files) raises `DataError`.
+"""
+
+import difflib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import weakref
+from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tsvae.datasets import LOCAL_BUILDERS
+from tsvae.datasets import DataError
+from tsvae.datasets import validate_manual_dir
+
+__all__ = [
+    'DATASETS', 'DataError', 'LatentDataset', 'check_dataset', 'get_builder', 'image_shape',
+    'make_eval_dataset', 'make_image_dataset', 'make_latent_dataset', 'num_examples',
+    'preprocess_image', 'read_latent_dataset_builder', 'validate_manual_dir',
+    'write_latent_dataset'
+]
+
+# This process feeds JAX; keep TensorFlow off any accelerator.
+try:
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+except (RuntimeError, ValueError):  # Devices already initialised, or no such device type.
+  pass
+
+DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'celeba', 'celeba140')
+
+_IMAGE_SHAPES = {
+    'mnist': (28, 28, 1),
+    'fashion_mnist': (28, 28, 1),
+    'cifar10': (32, 32, 3),
+    'celeba': (64, 64, 3),
+    'celeba140': (64, 64, 3),
+}
+
+# tfds builder used when no manual_dir is given (downloads when online).
+STOCK_BUILDERS = {
+    'mnist': 'mnist',
+    'fashion_mnist': 'fashion_mnist',
+    'cifar10': 'cifar10',
+    'celeba': 'celeb_a',
+    'celeba140': 'celeb_a',
+}
+
+# (y0, y1, x0, x1) crops of the 218x178 aligned CelebA images, then resized to 64x64.
+CELEBA_CROPS = {
+    'celeba': (45, 173, 25, 153),  # 128x128, the Two-Stage VAE authors' crop.
+    'celeba140': (39, 179, 19, 159),  # 140x140, the WAE protocol.
+}
+
+# Datasets whose decoded uint8 split fits comfortably in host memory by default.
+IN_MEMORY_DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
+DEFAULT_SHUFFLE_BUFFER = 50_000
+
+LATENT_DATASET_NAME = 'tsvae_latents'
+_LATENT_META_FILE = 'tsvae_latents.json'
+_LATENT_FORMAT_VERSION = 1
+_SHARD_BYTES = 256 << 20
+
+# ---------------------------------------------------------------------------------------------
+# Dataset names and shapes.
+
+
+def check_dataset(dataset: str) -> str:
+  """Returns `dataset` if known, else raises ValueError listing the known names."""
+  if dataset in DATASETS:
+    return dataset
+  close = difflib.get_close_matches(str(dataset), DATASETS, n=1)
+  hint = f' Did you mean {close[0]!r}?' if close else ''
+  raise ValueError(f'Unknown dataset {dataset!r}; known datasets: {", ".join(DATASETS)}.{hint}')
+
+
+def image_shape(dataset: str) -> Tuple[int, int, int]:
+  """(H, W, C) of the model's input images for `dataset`."""
+  return _IMAGE_SHAPES[check_dataset(dataset)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders.
+
+
+def get_builder(dataset: str, data_dir: Optional[str] = None,
+                manual_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
+  """A prepared tfds builder for `dataset`.
+
+  Args:
+    dataset: one of `DATASETS`; 'celeba' and 'celeba140' share one builder (the crop differs
+      only in `preprocess_image`).
+    data_dir: where tfds keeps prepared data (None or '' = the tfds default).
+    manual_dir: folder with local copies of the data (see `tsvae.datasets`); selects the local
+      builder (`tsvae_mnist`, ...), prepared on the first call and reused afterwards. The folder
+      is validated (cheaply) before any preparation; problems raise `DataError`. None or '' =
+      the stock tfds builder (`mnist`, `fashion_mnist`, `cifar10`, `celeb_a`), which downloads.
+  """
+  check_dataset(dataset)
+  data_dir = os.fspath(data_dir) if data_dir else None
+  manual_dir = os.fspath(manual_dir) if manual_dir else None
+  if manual_dir:
+    builder = LOCAL_BUILDERS[dataset](data_dir=data_dir)
+    if not builder.is_prepared():
+      validate_manual_dir(dataset, manual_dir)
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+  name = STOCK_BUILDERS[dataset]
+  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    builder.download_and_prepare()
+  except DataError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(
+        f'Could not download and prepare the tfds dataset {name!r} into {builder.data_dir} '
+        f'({type(e).__name__}: {e}). Without internet access, pass manual_dir '
+        '(--config.data.manual_dir) pointing at local copies of the files; see '
+        'tsvae.datasets.validate_manual_dir for what it must contain.') from e
+  return builder
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing.
+
+
+def preprocess_image(image, dataset: str, as_uint8: bool = False) -> tf.Tensor:
+  """Maps a stored uint8 image (or batch) `[..., H, W, C]` to model input.
+
+  MNIST / Fashion-MNIST / CIFAR-10: unchanged. CelebA: crop the 218x178 aligned image
+  ('celeba': img[45:173, 25:153], 'celeba140': img[39:179, 19:159]) and resize to 64x64 with
+  `tf.image.resize(method='bilinear', antialias=True)`, rounded back to uint8. The authors used
+  scipy's `imresize(..., interp='bilinear')`, i.e. PIL's BILINEAR resize, which also widens the
+  filter when downsampling; the antialiased TF bilinear kernel is the same triangle filter
+  (tested to agree with PIL within a few grey levels).
+
+  Returns:
+    uint8 in [0, 255] if `as_uint8`, else float32 in [0, 1] (= uint8 / 255).
+  """
+  check_dataset(dataset)
+  image = tf.convert_to_tensor(image)
+  if image.dtype != tf.uint8:
+    raise ValueError(f'preprocess_image expects uint8 images, got {image.dtype}.')
+  if dataset in CELEBA_CROPS:
+    y0, y1, x0, x1 = CELEBA_CROPS[dataset]
+    crop = tf.cast(image[..., y0:y1, x0:x1, :], tf.float32)
+    h, w, _ = _IMAGE_SHAPES[dataset]
+    resized = tf.image.resize(crop, (h, w), method='bilinear', antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+  if as_uint8:
+    return image
+  return tf.cast(image, tf.float32) / 255.0
+
+
+def _to_float(image: tf.Tensor) -> tf.Tensor:
+  return tf.cast(image, tf.float32) / 255.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: counts, processes, seeds, read configs.
+
+
+def num_examples(builder, split: str = 'train') -> int:
+  """Number of examples `builder` actually yields for `split` (a tfds builder or LatentDataset).
+
+  Uses the cardinality of `as_dataset` (which tfds asserts from its metadata), so it stays true
+  under `tfds.testing.mock_data`, where the metadata may describe the real data set.
+  """
+  return _count_examples(builder, split)
+
+
+def _count_examples(builder, split) -> int:
+  if isinstance(builder, LatentDataset):
+    if split not in ('train', None):
+      raise ValueError(f'A latent dataset has only the split "train", not {split!r}.')
+    return builder.num_examples
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=tfds.ReadConfig(try_autocache=False))
+  card = int(ds.cardinality())
+  if card >= 0:
+    return card
+  return int(builder.info.splits[split].num_examples)
+
+
+def _process_args(process_index: Optional[int],
+                  process_count: Optional[int]) -> Tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  process_index, process_count = int(process_index), int(process_count)
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'Invalid process_index={process_index} / process_count={process_count}.')
+  return process_index, process_count
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  global_batch_size = int(global_batch_size)
+  if global_batch_size < 1:
+    raise ValueError(f'global_batch_size must be positive, got {global_batch_size}.')
+  if global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
+                     f'process_count={process_count}.')
+  return global_batch_size // process_count
+
+
+def _check_epoch_args(epoch: int, skip_batches: int):
+  if int(epoch) < 0:
+    raise ValueError(f'epoch must be >= 0, got {epoch}.')
+  if int(skip_batches) < 0:
+    raise ValueError(f'skip_batches must be >= 0, got {skip_batches}.')
+
+
+def _seed_sequence(seed: int, epoch: int, process_index: int, purpose: int):
+  return np.random.SeedSequence(
+      [int(seed) & 0xFFFF_FFFF_FFFF_FFFF, int(epoch), int(process_index), purpose])
+
+
+def _tf_seed(seed: int, epoch: int, process_index: int) -> int:
+  """A non-negative int64 seed that is a pure function of its arguments."""
+  state = _seed_sequence(seed, epoch, process_index, 1).generate_state(1, np.uint64)[0]
+  return int(state) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _permutation(n: int, seed: int, epoch: int, process_index: int) -> np.ndarray:
+  rng = np.random.Generator(np.random.PCG64(_seed_sequence(seed, epoch, process_index, 0)))
+  return rng.permutation(n)
+
+
+def _deterministic_options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  return options
+
+
+def _sequential_read_config() -> tfds.ReadConfig:
+  """Reads a split's files one after another: the stored example order, exactly."""
+  return tfds.ReadConfig(options=_deterministic_options(), try_autocache=False,
+                         interleave_cycle_length=1, enable_ordering_guard=False)
+
+
+def _process_split(split: str, process_index: int, process_count: int):
+  if process_count == 1:
+    return split
+  # drop_remainder: every process gets the same number of examples, hence of batches.
+  return tfds.split_for_jax_process(split, process_index=process_index,
+                                    process_count=process_count, drop_remainder=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoded uint8 splits kept in host memory (small datasets).
+
+_UINT8_CACHE: 'weakref.WeakKeyDictionary[Any, Dict[Any, np.ndarray]]' = (
+    weakref.WeakKeyDictionary())
+
+
+def _load_uint8(builder, split: str, dataset: str, process_index: int, process_count: int,
+                cache: bool) -> np.ndarray:
+  """The preprocessed uint8 images of this process's shard of `split`, in stored order."""
+  key = (str(split), dataset, process_index, process_count)
+  try:
+    per_builder = _UINT8_CACHE.setdefault(builder, {}) if cache else None
+  except TypeError:  # Builder not weak-referenceable / hashable: no caching.
+    per_builder = None
+  if per_builder is not None and key in per_builder:
+    return per_builder[key]
+  ds = builder.as_dataset(split=_process_split(split, process_index, process_count),
+                          shuffle_files=False, read_config=_sequential_read_config(),
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  decode = _image_decoder(builder)
+  ds = ds.map(lambda ex: preprocess_image(decode(ex['image']), dataset, as_uint8=True),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  chunks = list(ds.batch(4096).as_numpy_iterator())
+  if chunks:
+    images = np.concatenate(chunks)
+  else:
+    images = np.zeros((0,) + image_shape(dataset), np.uint8)
+  images.setflags(write=False)
+  if per_builder is not None:
+    per_builder[key] = images
+  return images
+
+
+def _in_memory_epoch(arrays: Dict[str, np.ndarray], local_batch: int,
+                     shuffle_seed: Optional[int], epoch: int, process_index: int,
+                     skip_batches: int, drop_remainder: bool) -> tf.data.Dataset:
+  """One epoch of batches of `arrays` (same leading size), optionally permuted."""
+  n = len(next(iter(arrays.values())))
+  if shuffle_seed is None:
+    order = np.arange(n)
+  else:
+    order = _permutation(n, shuffle_seed, epoch, process_index)
+  end = (n // local_batch) * local_batch if drop_remainder else n
+  order = order[min(skip_batches * local_batch, end):end]
+  ds = tf.data.Dataset.from_tensor_slices({k: v[order] for k, v in arrays.items()})
+  return ds.batch(local_batch, drop_remainder=drop_remainder)
+
+
+def _check_nonempty_epoch(n_local: int, local_batch: int, drop_remainder: bool, what: str):
+  if drop_remainder and 0 <= n_local < local_batch:
+    raise ValueError(f'{what}: this process has {n_local} examples, fewer than one batch of '
+                     f'{local_batch}; an epoch would have no batches.')
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation image datasets.
+
+
+def make_image_dataset(builder,
+                       split: str,
+                       *,
+                       dataset: str,
+                       global_batch_size: int,
+                       shuffle_seed: Optional[int] = None,
+                       epoch: int = 0,
+                       skip_batches: int = 0,
+                       drop_remainder: bool = True,
+                       process_index: Optional[int] = None,
+                       process_count: Optional[int] = None,
+                       cache: bool = True,
+                       shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                       in_memory: Optional[bool] = None) -> tf.data.Dataset:
+  """ONE epoch of training batches `{'image': float32 [local_batch, H, W, C]}` in [0, 1].
+
+  Args:
+    builder: from `get_builder`.
+    split: tfds split name, e.g. 'train'.
+    dataset: one of `DATASETS` (selects the preprocessing).
+    global_batch_size: batch over all processes; local_batch = global_batch_size //
+      process_count (must divide evenly).
+    shuffle_seed: None = stored order; else the order of epoch `epoch` is a pure function of
+      (shuffle_seed, epoch, process_index, process_count), independent of earlier epochs.
+    epoch: epoch number (>= 0), only used to derive the shuffle.
+    skip_batches: batches of this epoch to skip (resume); skipped before decoding.
+    drop_remainder: drop the last partial batch (the reference does).
+    process_index / process_count: default jax.process_index() / jax.process_count(). Each
+      process reads its own disjoint shard of `split`; shards have equal size (up to
+      process_count - 1 examples of the split are left out) so every process yields the same
+      number of batches.
+    cache: keep the decoded uint8 shard in host memory (per builder object) for later epochs
+      (in-memory datasets only).
+    shuffle_buffer: shuffle buffer of the streaming path (CelebA).
+    in_memory: None = automatic (MNIST, Fashion-MNIST, CIFAR-10 in memory, CelebA streamed).
+
+  Returns:
+    A finite `tf.data.Dataset` with known cardinality = batches in this epoch (after skipping).
+  """
+  check_dataset(dataset)
+  _check_epoch_args(epoch, skip_batches)
+  process_index, process_count = _process_args(process_index, process_count)
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  if in_memory is None:
+    in_memory = dataset in IN_MEMORY_DATASETS
+
+  if in_memory:
+    images = _load_uint8(builder, split, dataset, process_index, process_count, cache)
+    _check_nonempty_epoch(len(images), local_batch, drop_remainder, f'{dataset}[{split}]')
+    ds = _in_memory_epoch({'image': images}, local_batch, shuffle_seed, epoch, process_index,
+                          int(skip_batches), drop_remainder)
+    ds = ds.map(lambda ex: {'image': _to_float(ex['image'])},
+                num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    ds = _streaming_examples(builder, _process_split(split, process_index, process_count),
+                             shuffle_seed=shuffle_seed, epoch=epoch,
+                             process_index=process_index, shuffle_buffer=shuffle_buffer)
+    _check_nonempty_epoch(int(ds.cardinality()), local_batch, drop_remainder,
+                          f'{dataset}[{split}]')
+    ds = ds.skip(int(skip_batches) * local_batch)
+    decode = _image_decoder(builder)
+    ds = ds.map(lambda encoded: {'image': preprocess_image(decode(encoded), dataset)},
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch, drop_remainder=drop_remainder)
+  ds = ds.with_options(_deterministic_options())
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _image_decoder(builder):
+  """Decodes the stored image bytes of `builder`'s 'image' feature to uint8 [H, W, C].
+
+  JPEGs are decoded with `dct_method='INTEGER_ACCURATE'`, which reproduces PIL's decoding
+  exactly; TensorFlow's default (what tfds' own decoding uses) is INTEGER_FAST and differs
+  from PIL by up to ~4-9 grey levels per pixel.
+  """
+  feature = builder.info.features['image']
+  shape = tuple(feature.shape)
+  channels = shape[-1]
+
+  def decode(encoded):
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=channels, dct_method='INTEGER_ACCURATE'),
+        lambda: tf.io.decode_image(encoded, channels=channels, expand_animations=False))
+    image.set_shape(shape)
+    return image
+
+  return decode
+
+
+def _streaming_examples(builder, split, *, shuffle_seed, epoch, process_index,
+                        shuffle_buffer) -> tf.data.Dataset:
+  """Encoded image bytes of `split`; seeded file and buffer shuffles when shuffle_seed given."""
+  if shuffle_seed is None:
+    read_config = _sequential_read_config()
+  else:
+    seed = _tf_seed(shuffle_seed, epoch, process_index)
+    read_config = tfds.ReadConfig(options=_deterministic_options(), try_autocache=False,
+                                  shuffle_seed=seed, shuffle_reshuffle_each_iteration=False,
+                                  enable_ordering_guard=False)
+  ds = builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                          read_config=read_config,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  ds = ds.map(lambda ex: ex['image'])
+  if shuffle_seed is not None:
+    ds = ds.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=False)
+  return ds
+
+
+def make_eval_dataset(builder,
+                      split: str,
+                      dataset: str,
+                      batch_size: int,
+                      as_uint8: bool = False,
+                      num_examples: Optional[int] = None,  # pylint: disable=redefined-outer-name
+                      seed: Optional[int] = None,
+                      *,
+                      cache: bool = True,
+                      in_memory: Optional[bool] = None) -> tf.data.Dataset:
+  """Deterministic batches `{'image': [<=batch_size, H, W, C]}` in stored split order.
+
+  Not sharded across processes; the last batch may be partial.
+
+  Args:
+    as_uint8: images as uint8 in [0, 255] (for FID) instead of float32 in [0, 1].
+    num_examples: None = the whole split; else a random subset of this many examples (without
+      replacement, kept in split order), chosen from `seed` (None = 0).
+  """
+  check_dataset(dataset)
+  batch_size = int(batch_size)
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  if in_memory is None:
+    in_memory = dataset in IN_MEMORY_DATASETS
+  if in_memory:
+    images = _load_uint8(builder, split, dataset, 0, 1, cache)
+  selected = None
+  if num_examples is not None:
+    total = len(images) if in_memory else _count_examples(builder, split)
+    num_examples = int(num_examples)
+    if not 0 < num_examples <= total:
+      raise ValueError(f'num_examples={num_examples} must be in [1, {total}] for '
+                       f'{dataset}[{split}].')
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        [int(seed or 0) & 0xFFFF_FFFF_FFFF_FFFF, 2])))
+    selected = np.sort(rng.choice(total, size=num_examples, replace=False))
+
+  if in_memory:
+    chosen = images if selected is None else images[selected]
+    ds = tf.data.Dataset.from_tensor_slices(chosen).batch(batch_size)
+    if as_uint8:
+      ds = ds.map(lambda x: {'image': x})
+    else:
+      ds = ds.map(lambda x: {'image': _to_float(x)})
+  else:
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            read_config=_sequential_read_config(),
+                            decoders={'image': tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda ex: ex['image'])
+    if selected is not None:
+      mask = np.zeros(total, bool)
+      mask[selected] = True
+      mask = tf.constant(mask)
+      ds = ds.enumerate()
+      ds = ds.filter(lambda i, _: tf.gather(mask, i))
+      ds = ds.map(lambda _, x: x)
+    decode = _image_decoder(builder)
+    ds = ds.map(lambda x: {'image': preprocess_image(decode(x), dataset, as_uint8=as_uint8)},
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+  ds = ds.with_options(_deterministic_options())
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage-2 latent datasets.
+
+
+def _latent_features(latent_dim: int) -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict({
+      'mu': tfds.features.Tensor(shape=(latent_dim,), dtype=np.float32),
+      'sigma': tfds.features.Tensor(shape=(latent_dim,), dtype=np.float32),
+  })
+
+
+def _fsync_file(path: str):
+  with open(path, 'rb') as f:
+    os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str):
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> str:
+  """Stores stage-1 encodings (μ, σ) of the training images as a tfds dataset, atomically.
+
+  The result is a tfds dataset directory (tfrecord shards, `dataset_info.json`,
+  `features.json`; features {'mu': Tensor((κ,), float32), 'sigma': Tensor((κ,), float32)},
+  split 'train', rows in the given order), loadable with `tfds.builder_from_directory`, plus
+  `tsvae_latents.json` (counts and file sizes). It is written into a temporary sibling folder
+  and renamed into place when complete, so `directory` is either absent, the previous complete
+  version, or the new complete version; never half written. Local file systems only. In a
+  multi-process run, let one process write.
+
+  Returns:
+    The absolute path of `directory`.
+  """
+  mu = np.asarray(mu)
+  sigma = np.asarray(sigma)
+  if mu.ndim != 2 or mu.shape != sigma.shape or mu.shape[0] == 0 or mu.shape[1] == 0:
+    raise ValueError('mu and sigma must be non-empty float arrays of the same shape [N, κ]; '
+                     f'got {mu.shape} and {sigma.shape}.')
+  mu = mu.astype(np.float32, copy=False)
+  sigma = sigma.astype(np.float32, copy=False)
+  n, latent_dim = mu.shape
+  directory = os.path.abspath(os.fspath(directory))
+  parent, base = os.path.split(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f'.{base}.tmp-', dir=parent)
+  try:
+    features = _latent_features(latent_dim)
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=tmp, template='{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}',
+        dataset_name=LATENT_DATASET_NAME, split='train', filetype_suffix='tfrecord')
+    bytes_per_example = 2 * 4 * latent_dim + 64
+    num_shards = max(1, -(-n * bytes_per_example // _SHARD_BYTES))
+    bounds = np.linspace(0, n, num_shards + 1).round().astype(int)
+    shard_lengths, files, num_bytes = [], [], 0
+    for i in range(num_shards):
+      path = os.fspath(template.sharded_filepath(shard_index=i, num_shards=num_shards))
+      with tf.io.TFRecordWriter(path) as writer:
+        for j in range(bounds[i], bounds[i + 1]):
+          record = features.serialize_example({'mu': mu[j], 'sigma': sigma[j]})
+          writer.write(record)
+          num_bytes += len(record)
+      _fsync_file(path)
+      shard_lengths.append(int(bounds[i + 1] - bounds[i]))
+      files.append({'name': os.path.basename(path), 'bytes': os.path.getsize(path),
+                    'examples': shard_lengths[-1]})
+    split_info = tfds.core.SplitInfo(name='train', shard_lengths=shard_lengths,
+                                     num_bytes=num_bytes, filename_template=template)
+    # Not a builder: `tfds.testing.mock_data` patches builders (their data_dir,
+    # download_and_prepare and as_dataset), not this.
+    tfds.folder_dataset.write_metadata(
+        data_dir=tmp, features=features, split_infos=[split_info], filename_template=template,
+        check_data=False, version='1.0.0',
+        description='Stage-1 encoder outputs (mu, sigma) of the training images (tsvae).')
+    meta = {'format_version': _LATENT_FORMAT_VERSION, 'num_examples': int(n),
+            'latent_dim': int(latent_dim), 'files': files}
+    with open(os.path.join(tmp, _LATENT_META_FILE), 'w') as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if os.path.lexists(directory):
+      old = os.path.join(parent, f'.{base}.old-{uuid.uuid4().hex}')
+      os.rename(directory, old)
+      os.rename(tmp, directory)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, directory)
+    _fsync_dir(parent)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory
+
+
+class LatentDataset:
+  """A complete latent dataset written by `write_latent_dataset` (builder-like handle).
+
+  Attributes:
+    directory: its folder (also a tfds dataset directory: see `as_tfds_builder`).
+    num_examples: N.
+    latent_dim: κ.
+    features: the tfds FeaturesDict of one example.
+    filepaths: the tfrecord shards, in order.
+  """
+
+  def __init__(self, directory: str, meta: Dict[str, Any]):
+    self.directory = directory
+    self.num_examples = int(meta['num_examples'])
+    self.latent_dim = int(meta['latent_dim'])
+    self.features = _latent_features(self.latent_dim)
+    self.filepaths = [os.path.join(directory, f['name']) for f in meta['files']]
+    self._shard_lengths = [int(f['examples']) for f in meta['files']]
+    self._arrays: Dict[Tuple[int, int], Dict[str, np.ndarray]] = {}
+
+  def __repr__(self):
+    return (f'LatentDataset({self.directory!r}, num_examples={self.num_examples}, '
+            f'latent_dim={self.latent_dim})')
+
+  def as_tfds_builder(self) -> tfds.core.DatasetBuilder:
+    """`tfds.builder_from_directory` on it (does not work inside `tfds.testing.mock_data`)."""
+    return tfds.builder_from_directory(self.directory)
+
+  def load(self, start: int = 0, count: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """{'mu', 'sigma'}: float32 [count, κ] of rows [start, start + count), read from the files."""
+    count = self.num_examples - start if count is None else count
+    key = (start, count)
+    if key not in self._arrays:
+      ds = tf.data.TFRecordDataset(self.filepaths).skip(start).take(count)
+      ds = ds.map(self.features.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE)
+      chunks = list(ds.batch(65536).as_numpy_iterator())
+      arrays = {k: (np.concatenate([c[k] for c in chunks]) if chunks else
+                    np.zeros((0, self.latent_dim), np.float32)) for k in ('mu', 'sigma')}
+      if len(arrays['mu']) != count:
+        raise DataError(f'Latent dataset {self.directory} holds fewer examples than its '
+                        f'{_LATENT_META_FILE} says; delete it so it is written again.')
+      for v in arrays.values():
+        v.setflags(write=False)
+      self._arrays[key] = arrays
+    return self._arrays[key]
+
+
+def read_latent_dataset_builder(directory: str) -> LatentDataset:
+  """Opens a latent dataset written by `write_latent_dataset`; DataError if absent/incomplete."""
+  directory = os.path.abspath(os.fspath(directory))
+  what = (f'Latent dataset {directory} (written by write_latent_dataset after stage 1: '
+          f'{_LATENT_META_FILE}, dataset_info.json, features.json and the '
+          f'{LATENT_DATASET_NAME}-train.tfrecord-* shards)')
+  if not os.path.isdir(directory):
+    raise DataError(f'{what} does not exist; run stage 1 (or its encoding step) first.')
+  meta_path = os.path.join(directory, _LATENT_META_FILE)
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f'{what} is incomplete: cannot read {_LATENT_META_FILE} ({e}). Delete it '
+                    'so it is written again.') from e
+  problems = []
+  for name in ('dataset_info.json', 'features.json'):
+    if not os.path.isfile(os.path.join(directory, name)):
+      problems.append(f'{name} is missing')
+  try:
+    if meta.get('format_version') != _LATENT_FORMAT_VERSION:
+      problems.append(f'unknown format_version {meta.get("format_version")!r}')
+    for entry in meta['files']:
+      path = os.path.join(directory, entry['name'])
+      if not os.path.isfile(path):
+        problems.append(f'{entry["name"]} is missing')
+      elif os.path.getsize(path) != entry['bytes']:
+        problems.append(f'{entry["name"]} has {os.path.getsize(path)} bytes, expected '
+                        f'{entry["bytes"]}')
+    if sum(int(e['examples']) for e in meta['files']) != int(meta['num_examples']):
+      problems.append('shard lengths do not add up to num_examples')
+  except (KeyError, TypeError, ValueError) as e:
+    problems.append(f'{_LATENT_META_FILE} is malformed ({e})')
+  if problems:
+    raise DataError(f'{what} is incomplete: {"; ".join(problems)}. Delete it so it is written '
+                    'again.')
+  return LatentDataset(directory, meta)
+
+
+def make_latent_dataset(builder: Union[LatentDataset, str],
+                        *,
+                        global_batch_size: int,
+                        shuffle_seed: Optional[int],
+                        epoch: int = 0,
+                        skip_batches: int = 0,
+                        drop_remainder: bool = True,
+                        process_index: Optional[int] = None,
+                        process_count: Optional[int] = None) -> tf.data.Dataset:
+  """ONE epoch of batches `{'mu': float32 [b, κ], 'sigma': float32 [b, κ]}` for stage 2.
+
+  Same sharding (disjoint equal shards per process), determinism (order of epoch e a pure
+  function of (shuffle_seed, e, process)), `skip_batches` and drop-remainder rules as
+  `make_image_dataset`; the process's shard is held in memory and fully permuted each epoch.
+  `builder` is a `LatentDataset` (or its directory). The sample z = μ + σ·ε is drawn later,
+  inside the train step.
+  """
+  if not isinstance(builder, LatentDataset):
+    builder = read_latent_dataset_builder(os.fspath(builder))
+  _check_epoch_args(epoch, skip_batches)
+  process_index, process_count = _process_args(process_index, process_count)
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  n_local = builder.num_examples // process_count
+  _check_nonempty_epoch(n_local, local_batch, drop_remainder, f'latents {builder.directory}')
+  arrays = builder.load(process_index * n_local, n_local)
+  ds = _in_memory_epoch(arrays, local_batch, shuffle_seed, epoch, process_index,
+                        int(skip_batches), drop_remainder)
+  ds = ds.with_options(_deterministic_options())
+  return ds.prefetch(tf.data.AUTOTUNE)
