@@ -60,6 +60,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling.num_grid_images = 100  # 10 x 10 grids.
   config.sampling.pixel_noise = False  # True: x ~ N(decoder mean, γ_x² I) clipped to [0, 1].
 
+  # Evaluation (tsvae.evaluate; also run at the end of tsvae.main when enabled).
+  config.eval = ml_collections.ConfigDict()
+  config.eval.enabled = True
+  config.eval.num_samples = 10_000  # Generated vs test images (the paper's protocol).
+  config.eval.batch_size = 500
+  config.eval.inception_weights = ''  # Path to pt_inception-2015-12-05-6726825d.pth; '' = cache.
+  config.eval.cache_dir = ''  # Inception weights, proxy classifiers; '' = ~/.cache/tsvae.
+  config.eval.min_max_stretch = True  # Per-image min-max stretch of generated images (paper).
+  config.eval.active_dim_threshold = 0.05  # A dim is active when its mean σ_z² is below this.
+
   # 'error': stop at the first NaN/Inf loss or gradient; 'skip': skip such steps (counted).
   config.nan_policy = 'error'
 

@@ -169,5 +169,40 @@ def record_config(config, workdir: str):
     fileio.atomic_write_json(path, flatten(config))
 
 
+def unflatten(flat: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Inverse of `flatten`: {'a.b': v} → ConfigDict(a=ConfigDict(b=v))."""
+  config = ml_collections.ConfigDict()
+  for key, value in sorted(flat.items()):
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      if parent not in node:
+        node[parent] = ml_collections.ConfigDict()
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def load_workdir_config(workdir: str, defaults=None) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (its config.json), over `defaults` if given.
+
+  Keys added to the defaults after the workdir was created keep their default values.
+  """
+  path = os.path.join(workdir, CONFIG_FILENAME)
+  recorded = fileio.read_json(path)
+  if recorded is None:
+    raise ConfigError(f'{workdir} has no {CONFIG_FILENAME}: not a tsvae workdir.')
+  if defaults is None:
+    return unflatten(recorded)
+  config = ml_collections.ConfigDict(defaults)
+  for key, value in recorded.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
 def as_dict(config: Mapping) -> Dict[str, Any]:
   return json.loads(json.dumps(flatten(config)))

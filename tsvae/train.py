@@ -282,6 +282,9 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
       make_train_step(spec.model, prepare_input=spec.prepare_input,
                       reconstruction_loss=spec.config.reconstruction_loss,
                       beta=spec.config.beta, nan_policy=nan_policy), mesh)
+  if step >= num_steps:  # Nothing to train: the stage is only restored.
+    ckpt.close()
+    return state
   writer = metric_logging.create_writer(workdir, spec.name)
 
   def save(at_step):

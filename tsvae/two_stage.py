@@ -122,6 +122,14 @@ class Experiment:
         base_rng=jax.random.fold_in(self.root_rng, _STAGE2_STREAM),
         examples_per_batch=c.batch_size)
 
+  def restore_stage(self, name: str) -> train.TrainState:
+    """The final state of a completed stage ('stage1' or 'stage2')."""
+    if not checkpointing.is_complete(self.workdir, name):
+      raise checkpointing.CheckpointError(
+          f'{name} of {self.workdir} is not complete; run tsvae.main on it first.')
+    spec = self.stage1_spec() if name == 'stage1' else self.stage2_spec()
+    return self.run_stage(spec)
+
   def run_stage(self, spec: train.StageSpec) -> train.TrainState:
     """Trains the stage to completion, or only restores it when it is already complete."""
     marker = fileio.read_json(
