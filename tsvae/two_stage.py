@@ -160,12 +160,15 @@ class Experiment:
     c = self.config
     variables = sampling.variables_of(state1)
     mus, sigmas = [], []
-    dataset = input_pipeline.make_eval_dataset(self.builder, split, c.dataset, c.batch_size)
+    # Inference mode (BN running averages, stored spectral-norm vectors): the codes do not
+    # depend on the batch size, so a large one is used for speed.
+    batch_size = c.eval.batch_size
+    dataset = input_pipeline.make_eval_dataset(self.builder, split, c.dataset, batch_size)
     for batch in tfds.as_numpy(dataset):
       x = train.image_input(batch, None)
       n = len(x)
-      if n < c.batch_size:  # Pad the last batch so that one compiled shape serves all.
-        x = np.concatenate([x, np.zeros((c.batch_size - n,) + x.shape[1:], x.dtype)])
+      if n < batch_size:  # Pad the last batch so that one compiled shape serves all.
+        x = np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:], x.dtype)])
       mu, sigma = jax.device_get(sampling.encode_batch(self.model1, variables, x))
       mus.append(mu[:n])
       sigmas.append(sigma[:n])
