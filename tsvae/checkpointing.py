@@ -15,6 +15,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from tsvae import faults
 from tsvae import fileio
 
 COMPLETE_MARKER = 'COMPLETE'
@@ -51,9 +52,13 @@ class StageCheckpointer:
     self.directory = os.path.join(stage_dir(workdir, stage), 'checkpoints')
     self.stage = stage
     self.fingerprint = experiment_fingerprint
+    # Synchronous saves: a save has either completed or raised when `save` returns, so a
+    # failure (e.g. a full disk) is reported at the step that caused it. A checkpoint of the
+    # 13 M-parameter InfoGAN state takes about a second on a CPU.
     self._manager = ocp.CheckpointManager(
         os.path.abspath(self.directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False),
         item_names=('state', 'meta'))
 
   def latest_step(self) -> Optional[int]:
@@ -64,8 +69,18 @@ class StageCheckpointer:
 
   def save(self, step: int, state: Any, meta: Dict[str, Any]):
     meta = dict(meta, step=int(step), stage=self.stage, fingerprint=self.fingerprint)
-    self._manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    faults.kill_once_exists(os.path.join(os.path.abspath(self.directory), f'{step}.*tmp*'),
+                            f'{self.stage}.checkpoint', step)
+    try:
+      self._manager.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    except OSError as e:
+      previous = [s for s in self.all_steps() if s != step]
+      kept = (f'the checkpoint of step {max(previous)} is intact' if previous
+              else 'no earlier checkpoint of this stage exists')
+      raise CheckpointError(
+          f'{self.stage}: writing the checkpoint of step {step} to {self.directory} failed '
+          f'({e}); {kept}. Free space (or fix the file system) and rerun to resume.') from e
 
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
     """Restores `step` into the structure of `abstract_state`; CheckpointError if unusable."""

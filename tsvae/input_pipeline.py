@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tsvae import faults
 from tsvae.datasets import LOCAL_BUILDERS
 from tsvae.datasets import DataError
 from tsvae.datasets import validate_manual_dir
@@ -601,6 +602,7 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
       f.flush()
       os.fsync(f.fileno())
     _fsync_dir(tmp)
+    faults.kill_here('latents.write')
     if os.path.lexists(directory):
       old = os.path.join(parent, f'.{base}.old-{uuid.uuid4().hex}')
       os.rename(directory, old)

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from tsvae import checkpointing
+from tsvae import faults
 from tsvae import losses
 from tsvae import metric_logging
 
@@ -302,6 +303,7 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
           state, metrics = step_fn(state, shard_batch(batch, mesh))
           pending.append(metrics)
           step += 1
+          faults.kill_here(f'{spec.name}.step', step)
           if on_step is not None:
             on_step(step)
           log_now = step % log_every_steps == 0 or step == num_steps

@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from tsvae import checkpointing
 from tsvae import config_lib
+from tsvae import faults
 from tsvae import fileio
 from tsvae import images
 from tsvae import input_pipeline
@@ -209,6 +210,7 @@ class Experiment:
     if jax.process_index() == 0:
       cols = int(np.ceil(np.sqrt(n)))
       images.save_grid(paths['stage2_samples'], stage2, cols)
+      faults.kill_here('samples.write')
       images.save_grid(paths['stage1_samples'], stage1, cols)
       images.save_grid(paths['reconstructions'], images.interleave(originals, recons),
                        cols + cols % 2)
