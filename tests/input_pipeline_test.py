@@ -487,7 +487,14 @@ def test_latent_round_trip_determinism_and_sharding(tmp_path):
   shards = [np.concatenate([b['mu'] for b in epoch(global_batch_size=2, process_index=i,
                                                    process_count=2, shuffle_seed=None)])
             for i in range(2)]
-  np.testing.assert_array_equal(np.concatenate(shards), mu)  # Disjoint halves, in order.
+  # Process p holds the p-th half of every global batch: interleaved, they are the rows in order.
+  np.testing.assert_array_equal(np.stack(shards, 1).reshape(-1, 5), mu)
+  # The global batches do not depend on the process count.
+  one = np.concatenate([b['mu'] for b in epoch(global_batch_size=4)])
+  two = [np.concatenate([b['mu'] for b in epoch(global_batch_size=4, process_index=i,
+                                                process_count=2)]) for i in range(2)]
+  np.testing.assert_array_equal(np.stack([t.reshape(-1, 2, 5) for t in two], 1).reshape(-1, 5),
+                                one)
   # Rewriting replaces the data as a whole.
   mu2, sigma2 = _latents(n=8, k=5, seed=1)
   ip.write_latent_dataset(directory, mu2, sigma2)

@@ -313,17 +313,26 @@ def _load_uint8(builder, split: str, dataset: str, process_index: int, process_c
   return images
 
 
-def _in_memory_epoch(arrays: Dict[str, np.ndarray], local_batch: int,
+def _in_memory_epoch(arrays: Dict[str, np.ndarray], global_batch: int,
                      shuffle_seed: Optional[int], epoch: int, process_index: int,
-                     skip_batches: int, drop_remainder: bool) -> tf.data.Dataset:
-  """One epoch of batches of `arrays` (same leading size), optionally permuted."""
+                     process_count: int, skip_batches: int,
+                     drop_remainder: bool) -> tf.data.Dataset:
+  """This process's slice of one epoch of *global* batches of `arrays` (the whole split).
+
+  Every process holds the whole (small) split and draws the same global permutation from
+  (shuffle_seed, epoch); global batch b is rows [b·G, (b+1)·G) of it and process p takes the
+  p-th 1/P of every global batch. So the global batches, and hence training, are the same for
+  any process count (tests/multiprocess_test.py checks 1 vs 2 processes).
+  """
   n = len(next(iter(arrays.values())))
-  if shuffle_seed is None:
-    order = np.arange(n)
-  else:
-    order = _permutation(n, shuffle_seed, epoch, process_index)
-  end = (n // local_batch) * local_batch if drop_remainder else n
-  order = order[min(skip_batches * local_batch, end):end]
+  local_batch = global_batch // process_count
+  order = np.arange(n) if shuffle_seed is None else _permutation(n, shuffle_seed, epoch, 0)
+  num_batches = n // global_batch if drop_remainder else -(-n // global_batch)
+  rows = []
+  for b in range(min(skip_batches, num_batches), num_batches):
+    start = b * global_batch + process_index * local_batch
+    rows.append(order[start:min(start + local_batch, n)])
+  order = np.concatenate(rows) if rows else np.zeros((0,), np.int64)
   ds = tf.data.Dataset.from_tensor_slices({k: v[order] for k, v in arrays.items()})
   return ds.batch(local_batch, drop_remainder=drop_remainder)
 
@@ -385,10 +394,11 @@ def make_image_dataset(builder,
     in_memory = dataset in IN_MEMORY_DATASETS
 
   if in_memory:
-    images = _load_uint8(builder, split, dataset, process_index, process_count, cache)
-    _check_nonempty_epoch(len(images), local_batch, drop_remainder, f'{dataset}[{split}]')
-    ds = _in_memory_epoch({'image': images}, local_batch, shuffle_seed, epoch, process_index,
-                          int(skip_batches), drop_remainder)
+    images = _load_uint8(builder, split, dataset, 0, 1, cache)  # Whole split: see below.
+    _check_nonempty_epoch(len(images) // process_count, local_batch, drop_remainder,
+                          f'{dataset}[{split}]')
+    ds = _in_memory_epoch({'image': images}, global_batch_size, shuffle_seed, epoch,
+                          process_index, process_count, int(skip_batches), drop_remainder)
     ds = ds.map(lambda ex: {'image': _to_float(ex['image'])},
                 num_parallel_calls=tf.data.AUTOTUNE)
   else:
@@ -725,10 +735,10 @@ def make_latent_dataset(builder: Union[LatentDataset, str],
   _check_epoch_args(epoch, skip_batches)
   process_index, process_count = _process_args(process_index, process_count)
   local_batch = _local_batch_size(global_batch_size, process_count)
-  n_local = builder.num_examples // process_count
-  _check_nonempty_epoch(n_local, local_batch, drop_remainder, f'latents {builder.directory}')
-  arrays = builder.load(process_index * n_local, n_local)
-  ds = _in_memory_epoch(arrays, local_batch, shuffle_seed, epoch, process_index,
-                        int(skip_batches), drop_remainder)
+  _check_nonempty_epoch(builder.num_examples // process_count, local_batch, drop_remainder,
+                        f'latents {builder.directory}')
+  arrays = builder.load(0, builder.num_examples)
+  ds = _in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch, process_index,
+                        process_count, int(skip_batches), drop_remainder)
   ds = ds.with_options(_deterministic_options())
   return ds.prefetch(tf.data.AUTOTUNE)

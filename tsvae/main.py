@@ -28,6 +28,12 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Experiment configuration file (see configs/).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, latents, metrics and samples.')
+flags.DEFINE_bool('distributed', False,
+                  'Initialise jax.distributed (multi-host). Without the flags below JAX '
+                  'detects the cluster itself (TPU pods, SLURM, Open MPI).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
+flags.DEFINE_integer('process_id', None, 'This process (multi-host).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 BAD_INPUT_EXIT_CODE = 2
@@ -38,6 +44,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   metric_logging.quiet_library_logs()
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    # CPU collectives across processes (only used by CPU devices; harmless elsewhere). Set
+    # before anything initialises a backend.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   logging.info('JAX %s: %d process(es), %d local / %d global devices (%s)', jax.__version__,
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)

@@ -17,12 +17,17 @@ import numpy as np
 from tsvae.models import vae as vae_lib
 
 
+def _local(x):
+  """This process's copy of a replicated array (all of it), so that jits here run locally."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x
+
+
 def variables_of(state) -> Dict:
-  """The flax variables dict of a TrainState (params + batch_stats)."""
+  """The flax variables dict of a TrainState (params + batch_stats), as host arrays."""
   variables = {'params': state.params}
   if state.batch_stats:
     variables['batch_stats'] = state.batch_stats
-  return variables
+  return jax.tree_util.tree_map(_local, variables)
 
 
 def _add_pixel_noise(x, loggamma, rng):

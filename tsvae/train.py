@@ -272,7 +272,8 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), state)
     state, _ = ckpt.restore(last_good, abstract)
-  state = jax.device_put(state, replicated(mesh))
+  # Host values (identical in every process) → one replicated global array per leaf.
+  state = jax.device_put(jax.device_get(state), replicated(mesh))
 
   num_steps = (target_steps if target_steps is not None
                else total_steps(spec.config, spec.steps_per_epoch))

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -34,6 +35,12 @@ LATENTS_DIR = 'latents'
 SAMPLES_DIR = 'samples'
 # Independent PRNG streams, folded into PRNGKey(config.seed).
 _STAGE1_STREAM, _STAGE2_STREAM, _SAMPLING_STREAM = 1, 2, 3
+
+
+def _barrier(name: str):
+  """Waits for every process (no-op in a single-process run)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 class Experiment:
@@ -64,9 +71,16 @@ class Experiment:
   def builder(self):
     """The image dataset builder (prepares the data on first use)."""
     if self._builder is None:
-      self._builder = input_pipeline.get_builder(
-          self.config.dataset, data_dir=self.config.data.data_dir or None,
-          manual_dir=self.config.data.manual_dir or None)
+      def prepare():
+        return input_pipeline.get_builder(
+            self.config.dataset, data_dir=self.config.data.data_dir or None,
+            manual_dir=self.config.data.manual_dir or None)
+      # Process 0 prepares the data once; the others then find it prepared.
+      if jax.process_index() == 0:
+        self._builder = prepare()
+      _barrier('data prepared')
+      if self._builder is None:
+        self._builder = prepare()
     return self._builder
 
   def steps_per_epoch(self, num_examples: int) -> int:
@@ -176,13 +190,16 @@ class Experiment:
     return np.concatenate(mus), np.concatenate(sigmas)
 
   def extract_latents(self, state1):
-    if self.latents_exist():
+    exists = self.latents_exist()
+    _barrier('latents checked')  # Every process decides before process 0 writes anything.
+    if exists:
       logging.info('Latents found in %s; skipping extraction.', self.latents_dir)
       return
     logging.info('Encoding the training split into %s', self.latents_dir)
     mu, sigma = self.encode_split(state1)
     if jax.process_index() == 0:
       input_pipeline.write_latent_dataset(self.latents_dir, mu, sigma)
+    _barrier('latents written')
     logging.info('Stored %d latent codes (mean σ² %.4f).', len(mu), float(np.mean(sigma**2)))
 
   # ------------------------------------------------------------------------- sampling
@@ -220,12 +237,17 @@ class Experiment:
   # ------------------------------------------------------------------------- all
 
   def run(self) -> Dict[str, Any]:
-    config_lib.record_config(self.config, self.workdir)
+    if jax.process_index() == 0:
+      config_lib.record_config(self.config, self.workdir)
     state1 = self.run_stage(self.stage1_spec())
     self.extract_latents(state1)
     state2 = self.run_stage(self.stage2_spec())
     paths = self.write_samples(state1, state2)
-    return {'state1': state1, 'state2': state2, 'samples': paths}
+    result = {'state1': state1, 'state2': state2, 'samples': paths}
+    if self.config.eval.enabled:
+      from tsvae import evaluate  # pylint: disable=g-import-not-at-top  (avoids an import cycle)
+      result['eval'] = evaluate.evaluate_experiment(self, state1, state2)
+    return result
 
 
 def run(config, workdir: str, devices: Optional[Sequence[jax.Device]] = None):
