@@ -1,0 +1,1 @@
+"""Evaluation: FID, the proxy classifier distance and the paper diagnostics."""
