@@ -69,6 +69,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.cache_dir = ''  # Inception weights, proxy classifiers; '' = ~/.cache/tsvae.
   config.eval.min_max_stretch = True  # Per-image min-max stretch of generated images (paper).
   config.eval.active_dim_threshold = 0.05  # A dim is active when its mean σ_z² is below this.
+  config.eval.allow_download = True  # Fetch the Inception weights into cache_dir when absent.
+  config.eval.inception_batch_size = 50  # Images per Inception forward pass (TTUR's 50).
+  config.eval.seed = 0  # The random test subset and the evaluation's sampling.
+  config.eval.classifier_seed = 0  # Proxy classifier seed (one classifier per dataset+seed).
+  config.eval.classifier_epochs = -1  # > 0 overrides the proxy classifier's recipe (tests).
+  config.eval.mmd_bandwidth = 0.0  # Gaussian-kernel h of the MMD; 0 = the rule h² = κ.
 
   # 'error': stop at the first NaN/Inf loss or gradient; 'skip': skip such steps (counted).
   config.nan_policy = 'error'

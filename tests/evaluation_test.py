@@ -1,0 +1,529 @@
+"""Evaluation: the .pth reader, the FID Inception port (random weights), the Fréchet distance,
+the diagnostics, the proxy classifier's cache, and evaluation end to end on mock data."""
+
+import collections
+import hashlib
+import io
+import json
+import os
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from testdata import tiny_config
+from tsvae import checkpointing
+from tsvae import config_lib
+from tsvae import evaluate
+from tsvae import input_pipeline
+from tsvae import two_stage
+from tsvae.evaluation import classifier as classifier_lib
+from tsvae.evaluation import diagnostics
+from tsvae.evaluation import frechet
+from tsvae.evaluation import inception
+from tsvae.evaluation import torch_pickle
+
+# ------------------------------------------------------------------ a torch.save writer by hand
+# PyTorch is not installed: these write the bytes torch.save writes, opcode by opcode, so the
+# reader is checked against the format rather than against itself.
+
+_STORAGE_NAMES = {np.dtype('float32'): 'FloatStorage', np.dtype('float64'): 'DoubleStorage',
+                  np.dtype('float16'): 'HalfStorage', np.dtype('int64'): 'LongStorage',
+                  np.dtype('int32'): 'IntStorage', np.dtype('uint8'): 'ByteStorage',
+                  np.dtype('bool'): 'BoolStorage'}
+
+
+def _str(s):
+  b = s.encode()
+  return b'X' + struct.pack('<I', len(b)) + b
+
+
+def _int(i):
+  if -2**31 <= i < 2**31:
+    return b'J' + struct.pack('<i', i)
+  raw = i.to_bytes((i.bit_length() + 8) // 8, 'little', signed=True)
+  return b'\x8a' + bytes([len(raw)]) + raw
+
+
+def _tuple(items):
+  return b'(' + b''.join(items) + b't'
+
+
+def _global(module, name):
+  return b'c' + module.encode() + b'\n' + name.encode() + b'\n'
+
+
+def _ordered_dict():
+  return _global('collections', 'OrderedDict') + b')R'
+
+
+def _tensor_pickle(entries, legacy):
+  """entries: [(name, storage_key, dtype, numel, offset, size, stride)] → an OrderedDict pickle."""
+  out = b'\x80\x02' + _ordered_dict() + b'('
+  for name, key, dtype, numel, offset, size, stride in entries:
+    pid = [_str('storage'), _global('torch', _STORAGE_NAMES[np.dtype(dtype)]), _str(key),
+           _str('cpu'), _int(numel)]
+    if legacy:
+      pid.append(b'N')  # view_metadata
+    args = _tuple([_tuple(pid) + b'Q', _int(offset), _tuple([_int(s) for s in size]),
+                   _tuple([_int(s) for s in stride]), b'\x89', _ordered_dict()])
+    out += _str(name) + _global('torch._utils', '_rebuild_tensor_v2') + args + b'R'
+  out += b'u'
+  out += b'}(' + _str('_metadata') + _ordered_dict() + b'ub'  # state_dict._metadata, as torch
+  return out + b'.'
+
+
+def write_pth(path, tensors, storages=None, fmt='zip', byteorder='little'):
+  """torch.save-format file of an OrderedDict state dict.
+
+  tensors: {name: array} (each its own contiguous storage) or, with `storages` {key: 1-D
+  array}, {name: (key, offset, size, stride)} views into them.
+  """
+  if storages is None:
+    storages, views = {}, {}
+    for i, (name, arr) in enumerate(tensors.items()):
+      arr = np.ascontiguousarray(arr)
+      storages[str(i)] = arr.reshape(-1)
+      strides = tuple(s // arr.itemsize for s in arr.strides) if arr.ndim else ()
+      views[name] = (str(i), 0, arr.shape, strides)
+  else:
+    views = tensors
+  entries = [(name, key, storages[key].dtype, storages[key].size, off, size, stride)
+             for name, (key, off, size, stride) in views.items()]
+  pkl = _tensor_pickle(entries, legacy=(fmt == 'legacy'))
+  big = byteorder == 'big'
+
+  def raw(arr):
+    return arr.astype(arr.dtype.newbyteorder('>' if big else '<')).tobytes()
+
+  if fmt == 'zip':
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as zf:
+      zf.writestr('archive/data.pkl', pkl)
+      zf.writestr('archive/byteorder', byteorder)
+      for key, arr in storages.items():
+        zf.writestr(f'archive/data/{key}', raw(arr))
+      zf.writestr('archive/version', '3\n')
+  else:
+    with open(path, 'wb') as f:
+      f.write(pickle.dumps(torch_pickle.LEGACY_MAGIC_NUMBER, protocol=2))
+      f.write(pickle.dumps(torch_pickle.LEGACY_PROTOCOL_VERSION, protocol=2))
+      f.write(pickle.dumps({'protocol_version': 1001, 'little_endian': not big,
+                            'type_sizes': {'short': 2, 'int': 4, 'long': 4}}, protocol=2))
+      f.write(pkl)
+      f.write(pickle.dumps(list(storages), protocol=2))
+      for key, arr in storages.items():
+        f.write(struct.pack('>q' if big else '<q', arr.size) + raw(arr))
+
+
+# ---------------------------------------------------------------------------- torch_pickle
+
+
+def _mixed_storages():
+  rng = np.random.default_rng(0)
+  storages = {
+      '0': rng.normal(size=12).astype(np.float32),
+      '1': rng.normal(size=5),  # float64
+      '2': np.arange(7, dtype=np.int64) - 3,
+      '3': rng.normal(size=6).astype(np.float16),
+      '4': np.array([0, 255, 7], np.uint8),
+      '5': np.array([True, False, True]),
+  }
+  views = {
+      'w': ('0', 0, (3, 4), (4, 1)),
+      'w_t': ('0', 0, (4, 3), (1, 4)),  # A transposed view of the same storage.
+      'w_row': ('0', 4, (4,), (1,)),  # An offset view.
+      'd': ('1', 0, (5,), (1,)),
+      'bn.num_batches_tracked': ('2', 3, (), ()),
+      'l': ('2', 0, (7,), (1,)),
+      'h': ('3', 2, (2, 2), (2, 1)),
+      'u8': ('4', 0, (3,), (1,)),
+      'b': ('5', 0, (3,), (1,)),
+  }
+  s = storages
+  expected = {
+      'w': s['0'].reshape(3, 4), 'w_t': s['0'].reshape(3, 4).T, 'w_row': s['0'][4:8],
+      'd': s['1'], 'bn.num_batches_tracked': np.array(0, np.int64), 'l': s['2'],
+      'h': s['3'][2:6].reshape(2, 2), 'u8': s['4'], 'b': s['5'],
+  }
+  return storages, views, expected
+
+
+@pytest.mark.parametrize('fmt, byteorder', [('zip', 'little'), ('legacy', 'little'),
+                                            ('zip', 'big')])
+def test_pth_reader_gives_back_the_exact_arrays(tmp_path, fmt, byteorder):
+  storages, views, expected = _mixed_storages()
+  path = str(tmp_path / 'state.pth')
+  write_pth(path, views, storages, fmt=fmt, byteorder=byteorder)
+  loaded = torch_pickle.load(path)
+  assert isinstance(loaded, collections.OrderedDict)
+  assert list(loaded) == list(views)  # Order kept.
+  assert hasattr(loaded, '_metadata')
+  for name, want in expected.items():
+    got = loaded[name]
+    assert isinstance(got, np.ndarray), name
+    assert got.dtype == want.dtype and got.shape == want.shape, name
+    np.testing.assert_array_equal(got, want, err_msg=name)
+  assert torch_pickle.state_dict_arrays({'state_dict': loaded}).keys() == loaded.keys()
+
+
+def test_pth_reader_refuses_foreign_globals(tmp_path):
+  path = tmp_path / 'evil.pth'
+  payload = b'\x80\x02' + _global('os', 'system') + _tuple([_str('true')]) + b'R.'
+  with zipfile.ZipFile(path, 'w') as zf:
+    zf.writestr('archive/data.pkl', payload)
+  with pytest.raises(torch_pickle.TorchPickleError, match='os.system'):
+    torch_pickle.load(str(path))
+
+
+def test_pth_reader_rejects_truncated_and_foreign_files(tmp_path):
+  storages, views, _ = _mixed_storages()
+  path = str(tmp_path / 'state.pth')
+  write_pth(path, views, storages, fmt='legacy')
+  data = open(path, 'rb').read()
+  with pytest.raises(torch_pickle.TorchPickleError):
+    torch_pickle.load(io.BytesIO(data[:-10]))
+  with pytest.raises(torch_pickle.TorchPickleError):
+    torch_pickle.load(io.BytesIO(b'not a torch file at all'))
+  bad = {'w': ('0', 10, (3, 4), (4, 1))}  # Reaches past the storage.
+  write_pth(path, bad, {'0': storages['0']})
+  with pytest.raises(torch_pickle.TorchPickleError, match='past'):
+    torch_pickle.load(path)
+
+
+# ------------------------------------------------------------------------------ inception
+
+
+def test_resize_is_pytorch_bilinear_align_corners_false():
+  # F.interpolate([[0, 1]], size=4, mode='bilinear', align_corners=False) = [0, .25, .75, 1].
+  np.testing.assert_allclose(inception.resize_matrix(2, 4) @ np.array([0.0, 1.0]),
+                             [0.0, 0.25, 0.75, 1.0])
+  for n_in, n_out in ((28, 299), (32, 299), (64, 299), (500, 299)):
+    m = inception.resize_matrix(n_in, n_out)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-6)
+    assert np.all(m >= 0)
+  # Constant images stay constant through the network's resize.
+  x = np.full((1, 28, 28, 3), 0.3, np.float32)
+  np.testing.assert_allclose(np.asarray(inception.resize_bilinear(x)), 0.3, atol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def random_inception(tmp_path_factory):
+  """Random FID-Inception weights written as a .pth with torch's names, and read back."""
+  variables = inception.random_variables(seed=1)
+  state = inception.state_dict_from_variables(variables)
+  rng = np.random.default_rng(2)
+  extra = {'fc.weight': rng.normal(size=(1008, 2048)).astype(np.float32),
+           'fc.bias': np.zeros(1008, np.float32)}
+  tracked = {k.replace('running_mean', 'num_batches_tracked'): np.array(5, np.int64)
+             for k in state if k.endswith('running_mean')}
+  path = str(tmp_path_factory.mktemp('inception') / inception.WEIGHTS_FILENAME)
+  write_pth(path, {**state, **extra, **tracked}, fmt='zip')
+  return variables, path
+
+
+def test_random_weight_file_converts_to_the_same_variables(random_inception):
+  variables, path = random_inception
+  loaded = inception.load_variables(path)
+  names = inception.torch_names()
+  assert len(names) == 470  # 94 conv + BN units x (kernel, scale, bias, mean, var).
+  for collection, flax_path, _ in names.values():
+    want, got = variables[collection], loaded[collection]
+    for p in flax_path:
+      want, got = want[p], got[p]
+    np.testing.assert_array_equal(got, want)
+  n_params = sum(int(np.prod(s)) for _, _, s in names.values())
+  assert n_params == 21_820_000  # + the unused 1008-way fc = the 23.9M of the weights file.
+
+
+def test_state_dict_with_missing_or_misshapen_tensors_is_refused(random_inception):
+  variables, _ = random_inception
+  state = inception.state_dict_from_variables(variables)
+  del state['Mixed_7c.branch_pool.conv.weight']
+  state['Conv2d_1a_3x3.bn.weight'] = np.ones(3, np.float32)
+  state['AuxLogits.fc.weight'] = np.ones(3, np.float32)
+  with pytest.raises(ValueError, match='1 missing.*1 unexpected.*has shape'):
+    inception.variables_from_state_dict(state)
+
+
+def test_inception_features_shape_determinism_batch_invariance(random_inception):
+  _, path = random_inception
+  extractor = inception.feature_extractor(path, batch_size=4)  # One compiled shape.
+  rng = np.random.default_rng(3)
+  images = rng.uniform(size=(7, 28, 28, 1)).astype(np.float32)
+  first = extractor(images[:4])
+  assert first.shape == (4, inception.FEATURE_DIM) and np.all(np.isfinite(first))
+  assert np.all(first >= 0)  # Averages of ReLU outputs.
+  assert first.std(axis=0).mean() > 0  # Different images, different features.
+  np.testing.assert_array_equal(extractor(images[:4]), first)  # Deterministic.
+  # Image 0 with other batch mates (and in a padded partial batch): the same features.
+  others = extractor(np.concatenate([images[:1], images[4:7]]))
+  np.testing.assert_allclose(others[0], first[0], rtol=1e-5, atol=1e-5)
+  alone = extractor(images[:1])
+  np.testing.assert_allclose(alone[0], first[0], rtol=1e-5, atol=1e-5)
+  # Grayscale is repeated to 3 channels.
+  np.testing.assert_array_equal(extractor(np.repeat(images[:4], 3, axis=-1)), first)
+
+
+def test_weights_unavailable_offline_gives_a_reason_never_a_path(tmp_path):
+  path, reason = inception.find_weights('', str(tmp_path), allow_download=False)
+  assert path is None and 'downloading is disabled' in reason
+  path, reason = inception.find_weights('', str(tmp_path), allow_download=True,
+                                        url=(tmp_path / 'nowhere.pth').as_uri())
+  assert path is None and 'could not download' in reason
+  assert not os.listdir(tmp_path / 'inception')  # No partial download left behind.
+  path, reason = inception.find_weights(str(tmp_path / 'missing.pth'), str(tmp_path))
+  assert path is None and 'does not exist' in reason
+
+
+def test_weights_are_verified_by_sha256(tmp_path):
+  source = tmp_path / 'source.pth'
+  source.write_bytes(b'pretend weights')
+  digest = hashlib.sha256(b'pretend weights').hexdigest()
+  path, reason = inception.find_weights(str(source), '')  # Not the real file's hash.
+  assert path is None and 'sha256' in reason
+  path, reason = inception.find_weights(str(source), '', expected_sha256=digest)
+  assert path == str(source) and reason is None
+  # "Download" (file:// URL) into the cache: verified, then reused without downloading.
+  cache = tmp_path / 'cache'
+  path, reason = inception.find_weights('', str(cache), url=source.as_uri(),
+                                        expected_sha256=digest)
+  assert reason is None and open(path, 'rb').read() == b'pretend weights'
+  source.unlink()
+  again, _ = inception.find_weights('', str(cache), url=source.as_uri(), expected_sha256=digest)
+  assert again == path
+  # A download with the wrong hash is refused and not kept.
+  path, reason = inception.find_weights('', str(tmp_path / 'c2'), url=again_uri(again),
+                                        expected_sha256='0' * 64)
+  assert path is None and 'sha256' in reason
+  assert not os.listdir(tmp_path / 'c2' / 'inception')
+
+
+def again_uri(path):
+  import pathlib  # pylint: disable=g-import-not-at-top
+  return pathlib.Path(path).as_uri()
+
+
+# -------------------------------------------------------------------------------- frechet
+
+
+def _closed_form(mu1, a, mu2, b):
+  """d² for covariances that share eigenvectors, with eigenvalues a and b."""
+  return float(np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2))
+
+
+def test_frechet_distance_closed_forms():
+  rng = np.random.default_rng(0)
+  d = 16
+  mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+  a, b = rng.uniform(0.1, 3.0, d), rng.uniform(0.1, 3.0, d)
+  want = _closed_form(mu1, a, mu2, b)
+  assert frechet.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want,
+                                                                                      rel=1e-10)
+  q, _ = np.linalg.qr(rng.normal(size=(d, d)))  # Commuting, non-diagonal covariances.
+  s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+  assert frechet.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-9)
+  assert frechet.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+  # Rank-deficient covariances (zero eigenvalues) are fine.
+  a0 = np.where(np.arange(d) < 4, 0.0, a)
+  assert frechet.frechet_distance(mu1, np.diag(a0), mu2, np.diag(b)) == pytest.approx(
+      _closed_form(mu1, a0, mu2, b), rel=1e-9)
+  # Same covariance: only the means differ.
+  assert frechet.frechet_distance(mu1, s1, mu2, s1) == pytest.approx(
+      float(np.sum((mu1 - mu2) ** 2)), rel=1e-8)
+
+
+def test_frechet_distance_general_case_matches_scipy_and_is_symmetric():
+  rng = np.random.default_rng(1)
+  d = 40
+  x, y = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+  s1, s2 = x @ x.T / d, y @ y.T / d  # Non-commuting.
+  mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+  ours = frechet.frechet_distance(mu1, s1, mu2, s2)
+  assert ours == pytest.approx(frechet.frechet_distance_scipy(mu1, s1, mu2, s2), rel=1e-8)
+  assert ours == pytest.approx(frechet.frechet_distance(mu2, s2, mu1, s1), rel=1e-8)
+  # 1-D: (μ1 − μ2)² + (σ1 − σ2)².
+  assert frechet.frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0)
+
+
+def test_stats_from_samples_converge():
+  rng = np.random.default_rng(2)
+  d = 6
+  mu = rng.normal(size=d)
+  a = rng.normal(size=(d, d))
+  sigma = a @ a.T / d + 0.1 * np.eye(d)
+  samples = rng.multivariate_normal(mu, sigma, size=200_000)
+  stats = frechet.gaussian_stats(samples)
+  np.testing.assert_allclose(stats.mu, mu, atol=0.02)
+  np.testing.assert_allclose(stats.sigma, sigma, atol=0.03)
+  np.testing.assert_allclose(stats.sigma, np.cov(samples, rowvar=False), rtol=1e-10)
+  other = frechet.gaussian_stats(rng.multivariate_normal(mu, sigma, size=200_000))
+  assert frechet.frechet_distance_from_stats(stats, other) < 1e-3
+  shifted = frechet.gaussian_stats(rng.multivariate_normal(mu + 1.0, sigma, size=200_000))
+  assert frechet.frechet_distance_from_stats(stats, shifted) == pytest.approx(d, rel=0.02)
+
+
+# ---------------------------------------------------------------------------- diagnostics
+
+
+def test_active_dims_and_singular_values():
+  rng = np.random.default_rng(0)
+  sigma = np.concatenate([np.full((500, 3), 0.01), np.full((500, 5), 1.0)], axis=1)
+  sigma *= rng.uniform(0.9, 1.1, sigma.shape)
+  act = diagnostics.active_dims(sigma, 0.05)
+  assert act['count'] == 3 and list(act['active']) == [0, 1, 2]
+  sv = diagnostics.singular_values(rng.standard_normal((20_000, 8)))
+  np.testing.assert_allclose(sv, 1.0, atol=0.05)
+  assert np.all(np.diff(sv) <= 0)
+
+
+def test_mmd_matches_brute_force_and_separates_distributions():
+  rng = np.random.default_rng(1)
+  x, y = rng.normal(size=(60, 4)), rng.normal(size=(50, 4)) + 0.3
+
+  def k(a, b, h2):
+    return np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * h2))
+
+  h2 = 4.0  # The rule: h² = d.
+  kxx, kyy, kxy = k(x, x, h2), k(y, y, h2), k(x, y, h2)
+  brute = ((kxx.sum() - 60) / (60 * 59) + (kyy.sum() - 50) / (50 * 49) - 2 * kxy.mean())
+  assert diagnostics.mmd2(x, y) == pytest.approx(brute, rel=1e-10)
+  assert diagnostics.mmd2(x, y, bandwidth=2.0) == pytest.approx(brute, rel=1e-10)
+  same = diagnostics.mmd_to_standard_normal(rng.standard_normal((2000, 8)), seed=3)
+  far = diagnostics.mmd_to_standard_normal(rng.standard_normal((2000, 8)) * 0.1, seed=3)
+  assert abs(same) < 0.005 and far > 0.1
+
+
+def test_latent_sweep_finds_the_used_dims(tmp_path):
+  weights = np.zeros((6, 10))
+  weights[0, :5] = 1.0
+  weights[2, 5:] = 2.0
+
+  def decode(z):
+    return np.tanh(z @ weights)
+
+  bases = np.random.default_rng(0).normal(size=(4, 6))
+  var, images = diagnostics.latent_sweep(decode, bases, return_images=True)
+  assert images.shape == (6, 9, 10)
+  assert var[0] > 0 and var[2] > var[0]
+  np.testing.assert_allclose(var[[1, 3, 4, 5]], 0.0, atol=1e-12)
+  diagnostics.plot_latent_sweep(str(tmp_path / 'sweep.png'), var, [0, 2])
+  diagnostics.plot_sigma2(str(tmp_path / 'sigma.png'), np.random.rand(50, 6), 0.05)
+  diagnostics.plot_singular_values(str(tmp_path / 'sv.png'), np.ones(6), np.ones(6), np.ones(6),
+                                   0.1, 0.01)
+  for name in ('sweep.png', 'sigma.png', 'sv.png'):
+    assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG'
+
+
+def test_min_max_stretch_per_image():
+  x = np.stack([np.linspace(0.2, 0.6, 12).reshape(2, 2, 3), np.full((2, 2, 3), 0.5)])
+  out = evaluate.min_max_stretch(x)
+  assert out[0].min() == 0.0 and out[0].max() == pytest.approx(1.0)
+  np.testing.assert_allclose(out[0], (x[0] - 0.2) / 0.4, atol=1e-6)
+  np.testing.assert_array_equal(out[1], 0.0)  # Constant image.
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+def test_proxy_classifier_is_trained_once_then_cached(tmp_path, monkeypatch):
+  with tfds.testing.mock_data(num_examples=48):
+    builder = input_pipeline.get_builder('mnist')
+    clf = classifier_lib.get_classifier(builder, 'mnist', cache_dir=str(tmp_path), epochs=1,
+                                        batch_size=16)
+    key = clf.cache_key
+    assert key.startswith('mnist_seed0/')
+    meta = json.loads((tmp_path / 'classifiers' / key / 'classifier.json').read_text())
+    assert meta['num_train'] == 48 and meta['recipe']['epochs'] == 1
+    assert 0.0 <= meta['test_accuracy'] <= 1.0
+    images, _ = classifier_lib.load_labeled(builder, 'test', 'mnist')
+    feats = clf.features(images[:20])
+    assert feats.shape == (20, classifier_lib.RECIPES['mnist'].dense)
+    np.testing.assert_allclose(clf.features(images[:20].astype(np.float32) / 255.0), feats,
+                               rtol=1e-5, atol=1e-5)
+
+    def no_training(*args, **kwargs):
+      raise AssertionError('trained again instead of using the cache')
+
+    monkeypatch.setattr(classifier_lib, 'train', no_training)
+    again = classifier_lib.get_classifier(builder, 'mnist', cache_dir=str(tmp_path), epochs=1,
+                                          batch_size=16)
+    assert again.cache_key == key and again.test_accuracy == clf.test_accuracy
+    np.testing.assert_allclose(again.features(images[:20]), feats, rtol=1e-6)
+  with pytest.raises(classifier_lib.ClassifierUnavailable, match='celeba'):
+    classifier_lib.recipe_for('celeba')
+
+
+# ----------------------------------------------------------------------------- end to end
+
+EXPECTED_KEYS = ('proxy_fd_stage2', 'proxy_fd_stage1', 'proxy_fd_recon',
+                 'classifier_test_accuracy', 'fid_stage2', 'fid_stage1', 'fid_recon',
+                 'fid_unavailable_reason', 'active_dims', 'mmd_z', 'mmd_u', 'loggamma_x',
+                 'loggamma_z', 'num_samples', 'metric_labels', 'mmd_bandwidth_rule',
+                 'classifier_cache_key', 'singular_values_z', 'singular_values_u',
+                 'latent_sweep_variance', 'mean_sigma2_per_dim')
+
+
+def _eval_overrides(cache_dir, num_samples=32):
+  return dict(eval__enabled=True, eval__num_samples=num_samples, eval__cache_dir=cache_dir,
+              eval__allow_download=False, eval__classifier_epochs=1, eval__batch_size=64)
+
+
+def _check_metrics(metrics, workdir, config, num_samples):
+  for key in EXPECTED_KEYS:
+    assert key in metrics, key
+  assert metrics['num_samples'] == num_samples
+  for name in ('stage2', 'stage1', 'recon'):
+    assert metrics[f'fid_{name}'] is None  # No weights offline: never a number...
+    assert np.isfinite(metrics[f'proxy_fd_{name}']) and metrics[f'proxy_fd_{name}'] >= 0
+  assert 'downloading is disabled' in metrics['fid_unavailable_reason']  # ...but a reason.
+  assert 0 <= metrics['active_dims'] <= config.latent_dim
+  assert len(metrics['mean_sigma2_per_dim']) == config.latent_dim
+  assert len(metrics['singular_values_u']) == config.latent_dim
+  assert np.isfinite(metrics['mmd_z']) and np.isfinite(metrics['mmd_u'])
+  on_disk = json.loads(open(os.path.join(workdir, 'eval', 'metrics.json')).read())
+  assert on_disk['num_samples'] == num_samples
+  assert on_disk['fid_stage2'] is None
+  for name in ('sigma2_hist.png', 'singular_values.png', 'latent_sweep.png',
+               'latent_sweep_images.png'):
+    with open(os.path.join(workdir, 'eval', name), 'rb') as f:
+      assert f.read(4) == b'\x89PNG', name
+
+
+@pytest.fixture(scope='module')
+def evaluated_run(tmp_path_factory):
+  """A tiny mock-data run with evaluation enabled: tsvae's own call site at the end of a run."""
+  workdir = str(tmp_path_factory.mktemp('eval_run'))
+  cache_dir = str(tmp_path_factory.mktemp('eval_cache'))
+  config = tiny_config(**_eval_overrides(cache_dir))
+  with tfds.testing.mock_data(num_examples=40):
+    result = two_stage.run(config, workdir)
+  return config, workdir, cache_dir, result
+
+
+def test_run_with_evaluation_writes_metrics_and_plots(evaluated_run):
+  config, workdir, _, result = evaluated_run
+  _check_metrics(result['eval'], workdir, config, 32)
+
+
+def test_cli_evaluates_a_finished_workdir_with_fewer_samples(evaluated_run):
+  config, workdir, cache_dir, _ = evaluated_run
+  argv = ['evaluate', f'--workdir={workdir}', '--config.eval.num_samples=16',
+          f'--config.eval.cache_dir={cache_dir}', '--config.eval.allow_download=False',
+          '--config.eval.classifier_epochs=1', '--config.eval.batch_size=64']
+  with tfds.testing.mock_data(num_examples=40):
+    metrics = evaluate.cli(argv)
+  _check_metrics(metrics, workdir, config, 16)
+  # The experiment keys came from the workdir (latent_dim 8), not from configs/default.py (64).
+  assert len(metrics['mean_sigma2_per_dim']) == 8
+
+
+def test_cli_refuses_an_unfinished_or_foreign_workdir(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match='not a tsvae workdir'):
+    evaluate.resolve_config(tiny_config(), str(tmp_path))
+  config_lib.record_config(tiny_config(), str(tmp_path))
+  with pytest.raises(checkpointing.CheckpointError, match='not complete'):
+    evaluate.run(evaluate.resolve_config(tiny_config(), str(tmp_path)), str(tmp_path))
+

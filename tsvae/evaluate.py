@@ -1,0 +1,422 @@
+r"""Evaluates a finished Two-Stage VAE workdir: FID, the proxy FD, the paper's diagnostics.
+
+  python -m tsvae.evaluate --workdir=/tmp/tsvae_mnist \
+      --config.data.manual_dir=../shared/data/mnist [--config.eval.num_samples=1000]
+
+Writes <workdir>/eval/metrics.json and the plots sigma2_hist.png, singular_values.png,
+latent_sweep.png, latent_sweep_images.png under <workdir>/eval/. `tsvae.main` runs the same
+evaluation at the end of a run when config.eval.enabled.
+
+The experiment comes from the workdir's config.json; `--config` (default configs/default.py)
+supplies keys the workdir does not record, and `--config.<key>=...` overrides run-control keys
+(data locations, eval.*). Exit status: 0 done, 2 bad input (no such workdir, unfinished stages,
+missing data).
+
+Protocol (the paper's, see docs/evaluation.md): `eval.num_samples` generated images vs as many
+random test images (seeded by eval.seed); each generated image min-max stretched to [0, 1]
+unless eval.min_max_stretch=False; grayscale repeated to 3 channels for Inception. FID is
+reported only when the verified Inception weights are available, otherwise null with the reason.
+"""
+
+import functools
+import os
+import time
+from typing import Any, Dict
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tsvae import checkpointing
+from tsvae import config_lib
+from tsvae import fileio
+from tsvae import input_pipeline
+from tsvae import sampling
+from tsvae.evaluation import classifier as classifier_lib
+from tsvae.evaluation import diagnostics
+from tsvae.evaluation import frechet
+from tsvae.evaluation import inception
+from tsvae.models import vae as vae_lib
+
+EVAL_DIR = 'eval'
+METRICS_FILE = 'metrics.json'
+_EVAL_STREAM = 4  # Folded into PRNGKey(config.seed); streams 1-3 are training and sampling.
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+METRIC_LABELS = {
+    'fid_stage2': 'FID (pytorch-fid FID-Inception-v3 pool3, paper protocol) of stage-2 samples',
+    'fid_stage1': 'FID of stage-1 samples (z ~ N(0, I) through the stage-1 decoder)',
+    'fid_recon': 'FID of reconstructions of the test images',
+    'proxy_fd_stage2': ('Frechet classifier distance (proxy FD: penultimate features of the '
+                        'project\'s own CNN classifier; NOT comparable to published FID) of '
+                        'stage-2 samples'),
+    'proxy_fd_stage1': 'proxy FD of stage-1 samples',
+    'proxy_fd_recon': 'proxy FD of reconstructions of the test images',
+    'classifier_test_accuracy': 'test accuracy of the proxy classifier',
+    'active_dims': 'latent dims whose mean sigma_z^2 over the training set < threshold',
+    'mmd_z': 'unbiased MMD^2 between stage-1 codes z and N(0, I) (see mmd_bandwidth_rule)',
+    'mmd_u': 'unbiased MMD^2 between stage-2 codes u and N(0, I)',
+    'loggamma_x': 'final log gamma of stage 1 (gamma is a standard deviation)',
+    'loggamma_z': 'final log gamma of stage 2',
+    'num_samples': 'generated images per set = random test images used',
+}
+
+
+def default_cache_dir() -> str:
+  return os.environ.get('TSVAE_CACHE_DIR') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'tsvae')
+
+
+def min_max_stretch(images: np.ndarray) -> np.ndarray:
+  """Each image linearly mapped so that its min is 0 and its max 1 (constant images → 0)."""
+  x = np.asarray(images, np.float32)
+  axes = tuple(range(1, x.ndim))
+  lo = x.min(axis=axes, keepdims=True)
+  hi = x.max(axis=axes, keepdims=True)
+  span = hi - lo
+  return np.where(span > 0, (x - lo) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+
+
+def _test_images(experiment, num: int, seed: int, batch_size: int) -> np.ndarray:
+  c = experiment.config
+  ds = input_pipeline.make_eval_dataset(experiment.builder, 'test', c.dataset, batch_size,
+                                        as_uint8=True, num_examples=num, seed=seed)
+  return np.concatenate([b['image'] for b in tfds.as_numpy(ds)])
+
+
+def _stats_cached(cache_dir: str, extractor_name: str, images: np.ndarray, extract,
+                  write: bool) -> frechet.GaussianStats:
+  """Feature statistics of a fixed image set, cached by (extractor, image bytes)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256(extractor_name.encode())
+  h.update(str(images.shape).encode())
+  h.update(np.ascontiguousarray(images).tobytes())
+  path = os.path.join(cache_dir, 'feature_stats', f'{h.hexdigest()[:24]}.npz')
+  if os.path.exists(path):
+    try:
+      with np.load(path) as f:
+        return frechet.GaussianStats(f['mu'], f['sigma'], int(f['num']))
+    except (OSError, ValueError, KeyError):
+      logging.warning('Unreadable %s; computing the statistics again.', path)
+  stats = frechet.gaussian_stats(extract(images))
+  if write:
+    import io  # pylint: disable=g-import-not-at-top
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=stats.mu, sigma=stats.sigma, num=stats.num)
+    fileio.atomic_write_bytes(path, buffer.getvalue())
+  return stats
+
+
+def _loggamma(model, variables) -> float:
+  return float(jax.device_get(model.apply(variables, method=vae_lib.VAE.loggamma)))
+
+
+def _encode_chunks(model, variables, x: np.ndarray, batch_size: int):
+  mus, sigmas = [], []
+  for start in range(0, len(x), batch_size):
+    chunk = x[start:start + batch_size]
+    n = len(chunk)
+    if n < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+    mu, sigma = jax.device_get(sampling.encode_batch(model, variables, chunk))
+    mus.append(mu[:n])
+    sigmas.append(sigma[:n])
+  return np.concatenate(mus), np.concatenate(sigmas)
+
+
+def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
+  """Runs the whole evaluation of a trained experiment; writes <workdir>/eval/ (process 0).
+
+  Returns:
+    The metrics dict that is written to metrics.json.
+  """
+  c = experiment.config
+  e = c.eval
+  write = jax.process_index() == 0
+  out_dir = os.path.join(experiment.workdir, EVAL_DIR)
+  cache_dir = e.get('cache_dir', '') or default_cache_dir()
+  timings: Dict[str, float] = {}
+  t_all = time.time()
+  v1, v2 = sampling.variables_of(state1), sampling.variables_of(state2)
+  builder = experiment.builder
+  batch = int(e.batch_size)
+  eval_seed = int(e.get('seed', 0))
+
+  # ------------------------------------------------------------------ images
+  t = time.time()
+  num_test = input_pipeline.num_examples(builder, 'test')
+  requested = int(e.num_samples)
+  n = min(requested, num_test)
+  if n < requested:
+    logging.warning('eval.num_samples=%d but %s has %d test images; using %d.', requested,
+                    c.dataset, num_test, n)
+  if n < 2:
+    raise input_pipeline.DataError(f'Evaluation needs at least 2 test images, got {n}.')
+  test_uint8 = _test_images(experiment, n, eval_seed, batch)
+  test_float = test_uint8.astype(np.float32) / 255.0
+  rng = jax.random.fold_in(jax.random.fold_in(experiment.root_rng, _EVAL_STREAM), eval_seed)
+  r2, r1, rr, rz, ru, rs = jax.random.split(rng, 6)
+  generated = {
+      'stage2': sampling.generate_stage2(experiment.model1, v1, experiment.model2, v2, r2, n,
+                                         batch_size=batch, pixel_noise=c.sampling.pixel_noise),
+      'stage1': sampling.generate_stage1(experiment.model1, v1, r1, n, latent_dim=c.latent_dim,
+                                         batch_size=batch, pixel_noise=c.sampling.pixel_noise),
+      'recon': sampling.reconstruct(experiment.model1, v1, test_float, rr, batch_size=batch),
+  }
+  if e.min_max_stretch:
+    generated = {k: min_max_stretch(v) for k, v in generated.items()}
+  timings['generate'] = time.time() - t
+
+  metrics: Dict[str, Any] = {
+      'dataset': c.dataset,
+      'dataset_label': 'CIFAR-10 (JPEG q75)' if (
+          c.dataset == 'cifar10' and c.data.manual_dir) else c.dataset,
+      'num_samples': n,
+      'num_samples_requested': requested,
+      'test_subset_seed': eval_seed,
+      'min_max_stretch': bool(e.min_max_stretch),
+      'pixel_noise': bool(c.sampling.pixel_noise),
+      'reconstructions_of': 'the same random test images the sets are compared against',
+      'metric_labels': METRIC_LABELS,
+      'stage1_step': int(jax.device_get(state1.step)),
+      'stage2_step': int(jax.device_get(state2.step)),
+  }
+
+  # ------------------------------------------------------------------ proxy FD
+  t = time.time()
+  try:
+    labeled_test = classifier_lib.load_labeled(builder, 'test', c.dataset)
+    clf = classifier_lib.get_classifier(
+        builder, c.dataset, cache_dir=cache_dir, seed=int(e.get('classifier_seed', 0)),
+        epochs=int(e.get('classifier_epochs', -1)), batch_size=batch, write=write,
+        test_data=labeled_test)
+    reference = frechet.gaussian_stats(clf.features(test_uint8))
+    for name, images in generated.items():
+      metrics[f'proxy_fd_{name}'] = frechet.frechet_distance_from_stats(
+          frechet.gaussian_stats(clf.features(images)), reference)
+    metrics['classifier_test_accuracy'] = clf.test_accuracy
+    metrics['classifier_cache_key'] = clf.cache_key
+    metrics['classifier'] = {k: clf.meta.get(k) for k in (
+        'recipe', 'seed', 'num_train', 'num_test', 'train_time_s', 'train_accuracy',
+        'test_accuracy', 'created')}
+    metrics['proxy_unavailable_reason'] = None
+  except classifier_lib.ClassifierUnavailable as err:
+    for name in generated:
+      metrics[f'proxy_fd_{name}'] = None
+    metrics['classifier_test_accuracy'] = None
+    metrics['classifier_cache_key'] = None
+    metrics['proxy_unavailable_reason'] = str(err)
+  timings['proxy_fd'] = time.time() - t
+
+  # ------------------------------------------------------------------ FID
+  t = time.time()
+  weights, reason = inception.find_weights(
+      e.inception_weights, cache_dir, allow_download=bool(e.get('allow_download', True)))
+  fids = {name: None for name in generated}
+  if weights is not None:
+    try:
+      extractor = inception.feature_extractor(weights, int(e.get('inception_batch_size', 50)))
+      reference = _stats_cached(cache_dir, extractor.name + inception.WEIGHTS_SHA256,
+                                test_uint8, lambda x: extractor(x.astype(np.float32) / 255.0),
+                                write)
+      for name, images in generated.items():
+        fids[name] = frechet.frechet_distance_from_stats(
+            frechet.gaussian_stats(extractor(images)), reference)
+    except Exception as err:  # pylint: disable=broad-except
+      logging.exception('FID failed.')
+      fids = {name: None for name in generated}
+      reason = f'FID computation failed: {type(err).__name__}: {err}'
+  for name, value in fids.items():
+    metrics[f'fid_{name}'] = value
+  metrics['fid_unavailable_reason'] = reason
+  metrics['inception_weights'] = weights
+  timings['fid'] = time.time() - t
+
+  # ------------------------------------------------------------------ diagnostics
+  t = time.time()
+  mu, sigma = experiment.encode_split(state1, 'train')
+  act = diagnostics.active_dims(sigma, float(e.active_dim_threshold))
+  metrics['active_dims'] = act['count']
+  metrics['active_dim_indices'] = [int(i) for i in act['active']]
+  metrics['active_dim_threshold'] = act['threshold']
+  metrics['mean_sigma2_per_dim'] = [float(v) for v in act['mean_sigma2']]
+
+  num_codes = min(n, len(mu))
+  pick = np.sort(np.random.default_rng(eval_seed).choice(len(mu), num_codes, replace=False))
+  eps = np.asarray(jax.random.normal(rz, (num_codes, mu.shape[1])))
+  z = (mu[pick] + sigma[pick] * eps).astype(np.float32)
+  mu_u, sigma_u = _encode_chunks(experiment.model2, v2, z, batch)
+  u = (mu_u + sigma_u * np.asarray(jax.random.normal(ru, mu_u.shape))).astype(np.float32)
+  bandwidth = float(e.get('mmd_bandwidth', 0.0))
+  metrics['mmd_z'] = diagnostics.mmd_to_standard_normal(z, seed=eval_seed, bandwidth=bandwidth)
+  metrics['mmd_u'] = diagnostics.mmd_to_standard_normal(u, seed=eval_seed + 1,
+                                                        bandwidth=bandwidth)
+  metrics['mmd_num_codes'] = num_codes
+  metrics['mmd_bandwidth_rule'] = (diagnostics.BANDWIDTH_RULE if bandwidth <= 0 else
+                                   f'Gaussian kernel with fixed h = {bandwidth:g}; unbiased '
+                                   'MMD^2 estimate vs N(0, I) draws')
+  sv_z = diagnostics.singular_values(z)
+  sv_u = diagnostics.singular_values(u)
+  sv_ref = diagnostics.singular_values(
+      np.random.default_rng(eval_seed + 2).standard_normal(z.shape))
+  metrics['singular_values_z'] = [float(v) for v in sv_z]
+  metrics['singular_values_u'] = [float(v) for v in sv_u]
+
+  num_bases = min(16, len(mu))
+  bases = mu[np.random.default_rng(eval_seed + 3).choice(len(mu), num_bases, replace=False)]
+
+  def decode(codes):  # One compiled shape: B·V codes per call.
+    return np.asarray(_decode(experiment.model1, v1, codes))
+
+  sweep_values = np.linspace(-3.0, 3.0, 9)
+  sweep, sweep_images = diagnostics.latent_sweep(decode, bases, sweep_values,
+                                                 return_images=True)
+  metrics['latent_sweep_variance'] = [float(v) for v in sweep]
+  metrics['latent_sweep_values'] = [float(v) for v in sweep_values]
+  metrics['latent_sweep_num_bases'] = num_bases
+  metrics['loggamma_x'] = _loggamma(experiment.model1, v1)
+  metrics['loggamma_z'] = _loggamma(experiment.model2, v2)
+  timings['diagnostics'] = time.time() - t
+
+  plots = {
+      'sigma2_hist': os.path.join(out_dir, 'sigma2_hist.png'),
+      'singular_values': os.path.join(out_dir, 'singular_values.png'),
+      'latent_sweep': os.path.join(out_dir, 'latent_sweep.png'),
+      'latent_sweep_images': os.path.join(out_dir, 'latent_sweep_images.png'),
+  }
+  metrics['plots'] = {k: os.path.basename(v) for k, v in plots.items()}
+  timings['total'] = time.time() - t_all
+  metrics['timings_s'] = {k: round(v, 2) for k, v in timings.items()}
+  metrics['created'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
+
+  if write:
+    from tsvae import images as images_lib  # pylint: disable=g-import-not-at-top
+    diagnostics.plot_sigma2(plots['sigma2_hist'], sigma, act['threshold'])
+    diagnostics.plot_singular_values(plots['singular_values'], sv_z, sv_u, sv_ref,
+                                     metrics['mmd_z'], metrics['mmd_u'])
+    diagnostics.plot_latent_sweep(plots['latent_sweep'], sweep, act['active'])
+    order = np.argsort(-sweep)  # Rows: dims by decreasing decoded variance.
+    rows = sweep_images[order[:min(16, len(order))]]
+    images_lib.save_grid(plots['latent_sweep_images'],
+                         rows.reshape((-1,) + rows.shape[2:]), len(sweep_values))
+    fileio.atomic_write_json(os.path.join(out_dir, METRICS_FILE), metrics)
+    logging.info('Wrote %s', os.path.join(out_dir, METRICS_FILE))
+  _log_summary(metrics)
+  return metrics
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _decode(model, variables, z):
+  return model.apply(variables, z, train=False, method=vae_lib.VAE.decode)
+
+
+def _log_summary(m: Dict[str, Any]):
+  def fmt(v):
+    return 'n/a' if v is None else f'{v:.3f}'
+  logging.info('Evaluation (%d vs %d test images): proxy FD stage2 %s, stage1 %s, recon %s '
+               '(classifier accuracy %s); FID stage2 %s%s; active dims %d; MMD² z %.4f, '
+               'u %.4f; log γ_x %.3f, log γ_z %.3f', m['num_samples'], m['num_samples'],
+               fmt(m['proxy_fd_stage2']), fmt(m['proxy_fd_stage1']), fmt(m['proxy_fd_recon']),
+               fmt(m['classifier_test_accuracy']), fmt(m['fid_stage2']),
+               f' ({m["fid_unavailable_reason"]})' if m['fid_stage2'] is None else '',
+               m['active_dims'], m['mmd_z'], m['mmd_u'], m['loggamma_x'], m['loggamma_z'])
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def resolve_config(config, workdir: str, overrides: Dict[str, Any] = None):
+  """`config` with every key the workdir's config.json records, except `overrides`' keys.
+
+  Args:
+    config: the --config ConfigDict (its values for keys the workdir does not record stay).
+    overrides: flat {key: value} given on the command line; they win over the record.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  recorded = fileio.read_json(os.path.join(workdir, config_lib.CONFIG_FILENAME))
+  if recorded is None:
+    raise config_lib.ConfigError(f'{workdir} has no {config_lib.CONFIG_FILENAME}: not a '
+                                 'tsvae workdir (run tsvae.main on it first).')
+  overrides = dict(overrides or {})
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in recorded.items():
+    if key in overrides:
+      continue
+    node = config
+    *parents, leaf = key.split('.')
+    try:
+      for p in parents:
+        node = node[p]
+      if leaf not in node:
+        logging.warning('The workdir records %s, which this config does not have; ignored.',
+                        key)
+        continue
+      node[leaf] = value
+    except (KeyError, AttributeError):
+      logging.warning('The workdir records %s, which this config does not have; ignored.', key)
+  return config
+
+
+def run(config, workdir: str) -> Dict[str, Any]:
+  """Restores both completed stages of `workdir` and evaluates them (config already resolved)."""
+  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  experiment = two_stage.Experiment(config, workdir)
+  state1 = experiment.restore_stage('stage1')
+  state2 = experiment.restore_stage('stage2')
+  return evaluate_experiment(experiment, state1, state2)
+
+
+def define_flags(flag_values=None, sys_argv=None):
+  """Defines --config (default configs/default.py) and --workdir on `flag_values`.
+
+  `sys_argv`: the command line the --config.* overrides are read from (None = sys.argv).
+  """
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  if 'config' not in flag_values:
+    config_flags.DEFINE_config_file(
+        'config', os.path.join(_REPO_ROOT, 'configs', 'default.py'),
+        'Config file for keys the workdir does not record (default configs/default.py).',
+        flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
+  if 'workdir' not in flag_values:
+    flags.DEFINE_string('workdir', None, 'A tsvae workdir whose two stages are complete.',
+                        flag_values=flag_values)
+  return flag_values
+
+
+def evaluate_from_flags(flag_values) -> Dict[str, Any]:
+  """Resolves the config of parsed --workdir / --config flags and evaluates the workdir."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  if not flag_values.workdir:
+    raise app.UsageError('--workdir is required.')
+  overrides = config_flags.get_override_values(flag_values['config'])
+  config = resolve_config(flag_values.config, flag_values.workdir, overrides)
+  return run(config, flag_values.workdir)
+
+
+def cli(argv) -> Dict[str, Any]:
+  """`python -m tsvae.evaluate <argv[1:]>` in-process, with its own flag registry."""
+  flag_values = define_flags(flags.FlagValues(), sys_argv=list(argv))
+  flag_values(list(argv))
+  return evaluate_from_flags(flag_values)
+
+
+def main(argv):
+  from tsvae import metric_logging  # pylint: disable=g-import-not-at-top
+  from tsvae import train  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  metric_logging.quiet_library_logs()
+  try:
+    evaluate_from_flags(flags.FLAGS)
+  except (config_lib.ConfigError, input_pipeline.DataError,
+          checkpointing.CheckpointError) as err:
+    train.fail(f'tsvae.evaluate: {err}', 2)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
