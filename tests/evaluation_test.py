@@ -458,7 +458,7 @@ def test_proxy_classifier_is_trained_once_then_cached(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- end to end
 
-EXPECTED_KEYS = ('proxy_fd_stage2', 'proxy_fd_stage1', 'proxy_fd_recon',
+EXPECTED_KEYS = ('proxy_fd_stage2', 'proxy_fd_stage1', 'proxy_fd_recon', 'proxy_fd_train',
                  'classifier_test_accuracy', 'fid_stage2', 'fid_stage1', 'fid_recon',
                  'fid_unavailable_reason', 'active_dims', 'mmd_z', 'mmd_u', 'loggamma_x',
                  'loggamma_z', 'num_samples', 'metric_labels', 'mmd_bandwidth_rule',
@@ -477,6 +477,7 @@ def _check_metrics(metrics, workdir, config, num_samples):
   assert metrics['num_samples'] == num_samples
   for name in ('stage2', 'stage1', 'recon'):
     assert metrics[f'fid_{name}'] is None  # No weights offline: never a number...
+  for name in ('stage2', 'stage1', 'recon', 'train'):
     assert np.isfinite(metrics[f'proxy_fd_{name}']) and metrics[f'proxy_fd_{name}'] >= 0
   assert 'downloading is disabled' in metrics['fid_unavailable_reason']  # ...but a reason.
   assert 0 <= metrics['active_dims'] <= config.latent_dim

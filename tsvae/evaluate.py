@@ -55,6 +55,8 @@ METRIC_LABELS = {
                         'stage-2 samples'),
     'proxy_fd_stage1': 'proxy FD of stage-1 samples',
     'proxy_fd_recon': 'proxy FD of reconstructions of the test images',
+    'proxy_fd_train': ('proxy FD of as many random real training images: the floor of the '
+                       'metric at this sample size'),
     'classifier_test_accuracy': 'test accuracy of the proxy classifier',
     'active_dims': 'latent dims whose mean sigma_z^2 over the training set < threshold',
     'mmd_z': 'unbiased MMD^2 between stage-1 codes z and N(0, I) (see mmd_bandwidth_rule)',
@@ -80,9 +82,10 @@ def min_max_stretch(images: np.ndarray) -> np.ndarray:
   return np.where(span > 0, (x - lo) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
 
 
-def _test_images(experiment, num: int, seed: int, batch_size: int) -> np.ndarray:
+def _images(experiment, split: str, num: int, seed: int, batch_size: int) -> np.ndarray:
+  """`num` random uint8 images of `split` (a seeded subset, in split order)."""
   c = experiment.config
-  ds = input_pipeline.make_eval_dataset(experiment.builder, 'test', c.dataset, batch_size,
+  ds = input_pipeline.make_eval_dataset(experiment.builder, split, c.dataset, batch_size,
                                         as_uint8=True, num_examples=num, seed=seed)
   return np.concatenate([b['image'] for b in tfds.as_numpy(ds)])
 
@@ -155,7 +158,7 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
                     c.dataset, num_test, n)
   if n < 2:
     raise input_pipeline.DataError(f'Evaluation needs at least 2 test images, got {n}.')
-  test_uint8 = _test_images(experiment, n, eval_seed, batch)
+  test_uint8 = _images(experiment, 'test', n, eval_seed, batch)
   test_float = test_uint8.astype(np.float32) / 255.0
   rng = jax.random.fold_in(jax.random.fold_in(experiment.root_rng, _EVAL_STREAM), eval_seed)
   r2, r1, rr, rz, ru, rs = jax.random.split(rng, 6)
@@ -197,6 +200,11 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
     for name, images in generated.items():
       metrics[f'proxy_fd_{name}'] = frechet.frechet_distance_from_stats(
           frechet.gaussian_stats(clf.features(images)), reference)
+    # The metric's floor: real training images against the same test images.
+    num_train = min(n, input_pipeline.num_examples(builder, 'train'))
+    train_uint8 = _images(experiment, 'train', num_train, eval_seed, batch)
+    metrics['proxy_fd_train'] = frechet.frechet_distance_from_stats(
+        frechet.gaussian_stats(clf.features(train_uint8)), reference)
     metrics['classifier_test_accuracy'] = clf.test_accuracy
     metrics['classifier_cache_key'] = clf.cache_key
     metrics['classifier'] = {k: clf.meta.get(k) for k in (
@@ -204,7 +212,7 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
         'test_accuracy', 'created')}
     metrics['proxy_unavailable_reason'] = None
   except classifier_lib.ClassifierUnavailable as err:
-    for name in generated:
+    for name in list(generated) + ['train']:
       metrics[f'proxy_fd_{name}'] = None
     metrics['classifier_test_accuracy'] = None
     metrics['classifier_cache_key'] = None
