@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.stage1.max_steps = -1  # > 0 caps the stage (smoke runs); -1 = no cap.
   config.stage1.reconstruction_loss = 'gaussian'  # gaussian | cross_entropy
   config.stage1.beta = 1.0  # KL weight; 1 = ELBO.
+  config.stage1.loggamma_floor = float('-inf')  # Optional floor on log γ_x; off (reference).
 
   config.stage2 = ml_collections.ConfigDict()
   config.stage2.num_epochs = 800
@@ -52,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.stage2.max_steps = -1
   config.stage2.reconstruction_loss = 'gaussian'
   config.stage2.beta = 1.0
+  config.stage2.loggamma_floor = float('-inf')
   config.stage2.depth = 3  # Dense layers per encoder / decoder.
   config.stage2.width = 1024
 

@@ -151,3 +151,20 @@ def test_nan_policy_skip_keeps_params_and_counts():
 def test_unknown_nan_policy():
   with pytest.raises(ValueError, match='nan_policy'):
     train.make_train_step(None, prepare_input=train.image_input, nan_policy='ignore')
+
+
+def test_loggamma_floor_is_off_by_default_and_clamps_when_set():
+  batch = {'mu': np.zeros((8, 4), np.float32), 'sigma': np.full((8, 4), 1e-3, np.float32)}
+  mesh = train.make_mesh(jax.devices()[:1])
+  final = {}
+  for floor in (float('-inf'), -0.05):
+    model = models.make_stage2_model(4, depth=1, width=8, loggamma_floor=floor)
+    state = _state(model, batch['mu'], lr=1e-2)
+    step = train.jit_train_step(train.make_train_step(model, prepare_input=train.latent_input),
+                                mesh)
+    for _ in range(20):
+      state, metrics = step(state, train.shard_batch(batch, mesh))
+    final[floor] = float(metrics['loggamma'])
+  # Near-noiseless data drives log γ down at ~lr per step; the floor stops it at -0.05.
+  assert final[float('-inf')] < -0.1
+  np.testing.assert_allclose(final[-0.05], -0.05, atol=1e-6)

@@ -60,10 +60,12 @@ class Experiment:
     self.fingerprint = checkpointing.fingerprint(config_lib.experiment_keys(config))
     self.image_shape = input_pipeline.image_shape(config.dataset)
     arch_kwargs = dict(config.resnet) if config.arch == 'resnet' else {}
-    self.model1 = models.make_stage1_model(config.arch, self.image_shape, config.latent_dim,
-                                           **arch_kwargs)
-    self.model2 = models.make_stage2_model(config.latent_dim, config.stage2.depth,
-                                           config.stage2.width)
+    self.model1 = models.make_stage1_model(
+        config.arch, self.image_shape, config.latent_dim,
+        loggamma_floor=config.stage1.loggamma_floor, **arch_kwargs)
+    self.model2 = models.make_stage2_model(
+        config.latent_dim, config.stage2.depth, config.stage2.width,
+        loggamma_floor=config.stage2.loggamma_floor)
     self.root_rng = jax.random.PRNGKey(config.seed)
     self._builder = None
 

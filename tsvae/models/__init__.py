@@ -61,7 +61,7 @@ def check_image_shape(arch: str, image_shape: Sequence[int]) -> tuple[int, int, 
 
 
 def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
-                      **arch_kwargs) -> VAE:
+                      loggamma_floor: float = float('-inf'), **arch_kwargs) -> VAE:
   """Stage-1 VAE (``loggamma_x``) for ``arch`` in ``STAGE1_ARCHS``.
 
   ``arch_kwargs`` are the ResNet knobs (num_scale, block_per_scale, depth_per_block,
@@ -86,13 +86,16 @@ def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
     else:
       encoder = WAEEncoder(latent_dim)
       decoder = WAEDecoder(shape, fast_vjp=fast_vjp)
-  return VAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x')
+  return VAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x',
+             loggamma_floor=loggamma_floor)
 
 
-def make_stage2_model(latent_dim: int, depth: int = 3, width: int = 1024) -> VAE:
+def make_stage2_model(latent_dim: int, depth: int = 3, width: int = 1024,
+                      loggamma_floor: float = float('-inf')) -> VAE:
   """Stage-2 VAE (``loggamma_z``): z -> u (dim latent_dim) -> z_hat."""
   return VAE(encoder=Stage2Encoder(latent_dim, depth, width),
-             decoder=Stage2Decoder(latent_dim, depth, width), gamma_name='loggamma_z')
+             decoder=Stage2Decoder(latent_dim, depth, width), gamma_name='loggamma_z',
+             loggamma_floor=loggamma_floor)
 
 
 __all__ = [

@@ -21,9 +21,12 @@ class VAE(nn.Module):
   encoder: nn.Module
   decoder: nn.Module
   gamma_name: str = 'loggamma'
+  # Optional floor on log gamma (off by default, as in the reference: gamma -> 0 is expected).
+  loggamma_floor: float = float('-inf')
 
   def setup(self):
-    self._loggamma = self.param(self.gamma_name, nn.initializers.zeros, (), jax.numpy.float32)
+    raw = self.param(self.gamma_name, nn.initializers.zeros, (), jax.numpy.float32)
+    self._loggamma = jax.numpy.maximum(raw, self.loggamma_floor)
 
   def encode(self, x: Array, train: bool) -> tuple[Array, Array, Array]:
     """Returns (mu, sigma, log_sigma), each [B, latent_dim]."""
@@ -34,7 +37,7 @@ class VAE(nn.Module):
     return self.decoder(z, train=train)
 
   def loggamma(self) -> Array:
-    """The scalar learned log gamma."""
+    """The scalar learned log gamma (floored at ``loggamma_floor``)."""
     return self._loggamma
 
   def __call__(self, x: Array, train: bool) -> dict[str, Array]:
