@@ -43,7 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.stage1.max_steps = -1  # > 0 caps the stage (smoke runs); -1 = no cap.
   config.stage1.reconstruction_loss = 'gaussian'  # gaussian | cross_entropy
   config.stage1.beta = 1.0  # KL weight; 1 = ELBO.
-  config.stage1.loggamma_floor = float('-inf')  # Optional floor on log γ_x; off (reference).
+  # Decoder variance: learned (reference) | fixed | optimal (σ-VAE) | running_mse (Asperti).
+  config.stage1.gamma_mode = 'learned'
+  config.stage1.gamma_value = 1.0  # γ for gamma_mode='fixed'.
+  config.stage1.running_mse_momentum = 0.99  # optimal / running_mse: running MSE for γ.
+  config.stage1.optimal_gamma_floor = float('-inf')  # σ-VAE soft floor on log γ; off.
+  config.stage1.loggamma_floor = float('-inf')  # Optional hard floor on log γ_x; off (reference).
 
   config.stage2 = ml_collections.ConfigDict()
   config.stage2.num_epochs = 800
@@ -53,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.stage2.max_steps = -1
   config.stage2.reconstruction_loss = 'gaussian'
   config.stage2.beta = 1.0
+  config.stage2.gamma_mode = 'learned'
+  config.stage2.gamma_value = 1.0
+  config.stage2.running_mse_momentum = 0.99
+  config.stage2.optimal_gamma_floor = float('-inf')
   config.stage2.loggamma_floor = float('-inf')
   config.stage2.depth = 3  # Dense layers per encoder / decoder.
   config.stage2.width = 1024

@@ -185,3 +185,15 @@ def test_cli_bad_config_key_and_bad_dir(tmp_path, local_mnist):
   assert missing.returncode == 2
   assert 'train-images-idx3-ubyte.gz' in missing.stderr
   assert not os.path.exists(workdir)
+
+
+def test_mean_vs_ancestral_grid(mock_run):
+  from tsvae import sample  # pylint: disable=g-import-not-at-top
+  config, workdir, result = mock_run
+  experiment = two_stage.Experiment(config, workdir)
+  path = sample.write_mean_vs_ancestral(experiment, result['state1'], result['state2'])
+  grid = np.asarray(Image.open(path))
+  single = np.asarray(Image.open(result['samples']['stage2_samples']))
+  assert grid.shape[0] == single.shape[0] and grid.shape[1] == 2 * single.shape[1] + 8
+  left, right = grid[:, :single.shape[1]], grid[:, -single.shape[1]:]
+  assert not np.array_equal(left, right)  # Pixel noise (γ_x ≈ 1 after a few steps) shows.

@@ -158,7 +158,7 @@ def test_loggamma_floor_is_off_by_default_and_clamps_when_set():
   mesh = train.make_mesh(jax.devices()[:1])
   final = {}
   for floor in (float('-inf'), -0.05):
-    model = models.make_stage2_model(4, depth=1, width=8, loggamma_floor=floor)
+    model = models.make_stage2_model(4, depth=1, width=8, gamma={'loggamma_floor': floor})
     state = _state(model, batch['mu'], lr=1e-2)
     step = train.jit_train_step(train.make_train_step(model, prepare_input=train.latent_input),
                                 mesh)

@@ -22,6 +22,7 @@ from tsvae import fileio
 from tsvae import input_pipeline
 from tsvae import losses
 from tsvae import models
+from tsvae import train
 
 CONFIG_FILENAME = 'config.json'
 
@@ -111,7 +112,13 @@ def validate(config, *, num_devices: int, num_processes: int = 1):
                         f'got {max_steps}.')
     _choice(config[stage].reconstruction_loss, losses.RECONSTRUCTION_LOSSES,
             f'{stage}.reconstruction_loss')
-  _choice(config.nan_policy, ('error', 'skip'), 'nan_policy')
+    _choice(config[stage].gamma_mode, models.GAMMA_MODES, f'{stage}.gamma_mode')
+    _positive(config, [f'{stage}.gamma_value'])
+    momentum = config[stage].running_mse_momentum
+    if not 0.0 <= momentum < 1.0:
+      raise ConfigError(f'config.{stage}.running_mse_momentum must be in [0, 1), got '
+                        f'{momentum}.')
+  _choice(config.nan_policy, train.NAN_POLICIES, 'nan_policy')
   shape = input_pipeline.image_shape(config.dataset)
   try:
     models.check_image_shape(config.arch, shape)

@@ -30,7 +30,21 @@ def make_grid(images: np.ndarray, num_cols: Optional[int] = None, pad: int = 2,
 
 def save_grid(path: str, images: np.ndarray, num_cols: Optional[int] = None):
   """Writes a PNG grid atomically."""
-  grid = make_grid(images, num_cols)
+  save_png(path, make_grid(images, num_cols))
+
+
+def side_by_side(grids, gap: int = 8) -> np.ndarray:
+  """Joins uint8 grids of equal height left to right with a white gap."""
+  height, channels = grids[0].shape[0], grids[0].shape[2]
+  spacer = np.full((height, gap, channels), 255, np.uint8)
+  parts = []
+  for i, grid in enumerate(grids):
+    parts.extend([spacer, grid] if i else [grid])
+  return np.concatenate(parts, axis=1)
+
+
+def save_png(path: str, grid: np.ndarray):
+  """Writes a uint8 [H, W, C] image as PNG, atomically."""
   if grid.shape[-1] == 1:
     grid = grid[..., 0]
   buffer = io.BytesIO()

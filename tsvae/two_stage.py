@@ -37,6 +37,12 @@ SAMPLES_DIR = 'samples'
 _STAGE1_STREAM, _STAGE2_STREAM, _SAMPLING_STREAM = 1, 2, 3
 
 
+def gamma_fields(stage_config) -> Dict[str, Any]:
+  """The VAE's decoder-variance fields from a stage config."""
+  return {k: stage_config[k] for k in ('gamma_mode', 'gamma_value', 'loggamma_floor',
+                                       'running_mse_momentum', 'optimal_gamma_floor')}
+
+
 def _barrier(name: str):
   """Waits for every process (no-op in a single-process run)."""
   if jax.process_count() > 1:
@@ -61,11 +67,11 @@ class Experiment:
     self.image_shape = input_pipeline.image_shape(config.dataset)
     arch_kwargs = dict(config.resnet) if config.arch == 'resnet' else {}
     self.model1 = models.make_stage1_model(
-        config.arch, self.image_shape, config.latent_dim,
-        loggamma_floor=config.stage1.loggamma_floor, **arch_kwargs)
+        config.arch, self.image_shape, config.latent_dim, gamma=gamma_fields(config.stage1),
+        **arch_kwargs)
     self.model2 = models.make_stage2_model(
         config.latent_dim, config.stage2.depth, config.stage2.width,
-        loggamma_floor=config.stage2.loggamma_floor)
+        gamma=gamma_fields(config.stage2))
     self.root_rng = jax.random.PRNGKey(config.seed)
     self._builder = None
 

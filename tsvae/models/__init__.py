@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tsvae.models.infogan import InfoGANDecoder, InfoGANEncoder
 from tsvae.models.layers import ConvTranspose, conv_transpose, conv_transpose_reference
 from tsvae.models.resnet import ResNetDecoder, ResNetEncoder
 from tsvae.models.stage2 import Stage2Decoder, Stage2Encoder
-from tsvae.models.vae import VAE
+from tsvae.models.vae import GAMMA_MODES, VAE
 from tsvae.models.wae import WAEDecoder, WAEEncoder
 
 STAGE1_ARCHS = ('infogan', 'wae', 'resnet')
@@ -61,10 +62,11 @@ def check_image_shape(arch: str, image_shape: Sequence[int]) -> tuple[int, int, 
 
 
 def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
-                      loggamma_floor: float = float('-inf'), **arch_kwargs) -> VAE:
+                      gamma: Mapping[str, Any] | None = None, **arch_kwargs) -> VAE:
   """Stage-1 VAE (``loggamma_x``) for ``arch`` in ``STAGE1_ARCHS``.
 
-  ``arch_kwargs`` are the ResNet knobs (num_scale, block_per_scale, depth_per_block,
+  ``gamma`` holds VAE fields of the decoder variance (gamma_mode, gamma_value, loggamma_floor,
+  running_mse_momentum, optimal_gamma_floor; see ``vae.py``). ``arch_kwargs`` are the ResNet knobs (num_scale, block_per_scale, depth_per_block,
   kernel_size, base_dim, fc_dim) and ``fast_vjp`` (all archs; transposed-conv backward).
   """
   shape = check_image_shape(arch, image_shape)
@@ -86,20 +88,19 @@ def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
     else:
       encoder = WAEEncoder(latent_dim)
       decoder = WAEDecoder(shape, fast_vjp=fast_vjp)
-  return VAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x',
-             loggamma_floor=loggamma_floor)
+  return VAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x', **dict(gamma or {}))
 
 
 def make_stage2_model(latent_dim: int, depth: int = 3, width: int = 1024,
-                      loggamma_floor: float = float('-inf')) -> VAE:
+                      gamma: Mapping[str, Any] | None = None) -> VAE:
   """Stage-2 VAE (``loggamma_z``): z -> u (dim latent_dim) -> z_hat."""
   return VAE(encoder=Stage2Encoder(latent_dim, depth, width),
              decoder=Stage2Decoder(latent_dim, depth, width), gamma_name='loggamma_z',
-             loggamma_floor=loggamma_floor)
+             **dict(gamma or {}))
 
 
 __all__ = [
-    'STAGE1_ARCHS', 'VAE', 'check_image_shape', 'make_stage1_model', 'make_stage2_model',
+    'GAMMA_MODES', 'STAGE1_ARCHS', 'VAE', 'check_image_shape', 'make_stage1_model', 'make_stage2_model',
     'InfoGANEncoder', 'InfoGANDecoder', 'ResNetEncoder', 'ResNetDecoder', 'Stage2Encoder',
     'Stage2Decoder', 'WAEEncoder', 'WAEDecoder', 'ConvTranspose', 'conv_transpose', 'conv_transpose_reference',
 ]

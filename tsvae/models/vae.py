@@ -1,32 +1,61 @@
 """The VAE wrapper used for both stages (reference ``TwoStageVaeModel``).
 
-Holds an encoder, a decoder and the scalar learned log gamma (``loggamma_x`` for stage 1,
-``loggamma_z`` for stage 2; gamma is a standard deviation, initialised to 1).
+Holds an encoder, a decoder and the decoder's standard deviation γ (``loggamma_x`` for stage 1,
+``loggamma_z`` for stage 2). How γ is obtained is the ``gamma_mode``:
+
+- ``learned`` (reference): one trainable scalar log γ, initialised at 0 (γ = 1).
+- ``fixed``: γ = ``gamma_value``, not trained (the classic fixed-variance VAE baseline).
+- ``optimal``: the σ-VAE's analytic optimum γ² = MSE of the batch (Rybkin et al. 2021), with
+  their optional soft floor log γ ← f + softplus(log γ − f) when ``optimal_gamma_floor`` > −∞.
+- ``running_mse``: γ² = a running average of the batch MSE, not differentiated (Asperti &
+  Trentin's balancing of the two loss terms).
+
+The last two also keep that running MSE in ``batch_stats/running_mse`` so that γ has a value
+outside a batch (for ancestral sampling and reporting).
 """
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 
+GAMMA_MODES = ('learned', 'fixed', 'optimal', 'running_mse')
+
 
 class VAE(nn.Module):
-  """Encoder q(z|x) = N(mu, sigma^2), decoder mean x_hat(z), scalar log gamma.
+  """Encoder q(z|x) = N(mu, sigma^2), decoder mean x_hat(z), decoder std gamma.
 
   ``__call__`` draws z = mu + sigma * eps with eps from the ``'noise'`` RNG stream.
-  In train mode apply with ``mutable=['batch_stats']`` (BN averages, spectral-norm u).
+  In train mode apply with ``mutable=['batch_stats']`` (BN averages, spectral-norm u,
+  running MSE).
   """
   encoder: nn.Module
   decoder: nn.Module
   gamma_name: str = 'loggamma'
   # Optional floor on log gamma (off by default, as in the reference: gamma -> 0 is expected).
   loggamma_floor: float = float('-inf')
+  gamma_mode: str = 'learned'
+  gamma_value: float = 1.0  # 'fixed' mode.
+  running_mse_momentum: float = 0.99  # 'optimal' and 'running_mse' modes.
+  optimal_gamma_floor: float = float('-inf')  # σ-VAE soft floor on log γ ('optimal').
 
   def setup(self):
-    raw = self.param(self.gamma_name, nn.initializers.zeros, (), jax.numpy.float32)
-    self._loggamma = jax.numpy.maximum(raw, self.loggamma_floor)
+    if self.gamma_mode not in GAMMA_MODES:
+      raise ValueError(f'gamma_mode must be one of {GAMMA_MODES}, got {self.gamma_mode!r}')
+    # The parameter exists in every mode so that checkpoints share one structure; only
+    # 'learned' uses it.
+    self._raw_loggamma = self.param(self.gamma_name, nn.initializers.zeros, (), jnp.float32)
+    if self.gamma_mode in ('optimal', 'running_mse'):
+      self._running_mse = self.variable('batch_stats', 'running_mse',
+                                        lambda: jnp.ones((), jnp.float32))
+
+  def _floor(self, loggamma: Array) -> Array:
+    return jnp.maximum(loggamma, self.loggamma_floor)
 
   def encode(self, x: Array, train: bool) -> tuple[Array, Array, Array]:
     """Returns (mu, sigma, log_sigma), each [B, latent_dim]."""
@@ -37,8 +66,26 @@ class VAE(nn.Module):
     return self.decoder(z, train=train)
 
   def loggamma(self) -> Array:
-    """The scalar learned log gamma (floored at ``loggamma_floor``)."""
-    return self._loggamma
+    """log γ outside a batch: the parameter, the fixed value, or ½ log(running MSE)."""
+    if self.gamma_mode == 'learned':
+      return self._floor(self._raw_loggamma)
+    if self.gamma_mode == 'fixed':
+      return self._floor(jnp.asarray(math.log(self.gamma_value), jnp.float32))
+    return self._floor(0.5 * jnp.log(self._running_mse.value))
+
+  def _batch_loggamma(self, x: Array, x_hat: Array, train: bool) -> Array:
+    if self.gamma_mode in ('learned', 'fixed'):
+      return self.loggamma()
+    mse = jnp.mean(jnp.square(x - x_hat))
+    if train and not self.is_initializing():
+      m = self.running_mse_momentum
+      self._running_mse.value = m * self._running_mse.value + (1 - m) * jax.lax.stop_gradient(mse)
+    if self.gamma_mode == 'running_mse':
+      return self._floor(0.5 * jnp.log(jax.lax.stop_gradient(self._running_mse.value)))
+    loggamma = 0.5 * jnp.log(mse)  # 'optimal': argmin over γ of the Gaussian NLL.
+    if self.optimal_gamma_floor > float('-inf'):
+      loggamma = self.optimal_gamma_floor + jax.nn.softplus(loggamma - self.optimal_gamma_floor)
+    return self._floor(loggamma)
 
   def __call__(self, x: Array, train: bool) -> dict[str, Array]:
     mu, sigma, log_sigma = self.encode(x, train)
@@ -46,4 +93,4 @@ class VAE(nn.Module):
     z = mu + sigma * eps
     x_hat = self.decode(z, train)
     return dict(mu=mu, sigma=sigma, log_sigma=log_sigma, z=z, x_hat=x_hat,
-                loggamma=self._loggamma)
+                loggamma=self._batch_loggamma(x, x_hat, train))
