@@ -18,18 +18,25 @@ Array = jax.Array
 
 class InfoGANEncoder(nn.Module):
   """conv64 4x4 s2 (SN) lReLU -> conv128 4x4 s2 (SN) BN lReLU -> fc1024 (SN) BN lReLU
-  -> fc 2*latent (SN); sigma = 1e-6 + softplus(r), log_sigma = log(sigma)."""
+  -> fc 2*latent (SN); sigma = 1e-6 + softplus(r), log_sigma = log(sigma).
+
+  ``fast_sn`` (default) uses the spectral-norm fast path of ``SNConv`` / ``SNDense``;
+  ``fast_sn=False`` the plain reference formulation (same function to float rounding).
+  """
   latent_dim: int
+  fast_sn: bool = True
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array, Array]:
-    y = layers.lrelu(layers.SNConv(64, 4, 2, name='conv1')(x, update_stats=train))
-    y = layers.SNConv(128, 4, 2, name='conv2')(y, update_stats=train)
+    sn_conv = lambda f, name: layers.SNConv(f, 4, 2, fast=self.fast_sn, name=name)
+    sn_dense = lambda f, name: layers.SNDense(f, fast=self.fast_sn, name=name)
+    y = layers.lrelu(sn_conv(64, 'conv1')(x, update_stats=train))
+    y = sn_conv(128, 'conv2')(y, update_stats=train)
     y = layers.lrelu(layers.batch_norm(train, name='bn2')(y))
     y = y.reshape(y.shape[0], -1)
-    y = layers.SNDense(1024, name='fc3')(y, update_stats=train)
+    y = sn_dense(1024, 'fc3')(y, update_stats=train)
     y = layers.lrelu(layers.batch_norm(train, name='bn3')(y))
-    params = layers.SNDense(2 * self.latent_dim, name='en4')(y, update_stats=train)
+    params = sn_dense(2 * self.latent_dim, 'en4')(y, update_stats=train)
     mu = params[:, :self.latent_dim]
     sigma = 1e-6 + jax.nn.softplus(params[:, self.latent_dim:])
     return mu, sigma, jnp.log(sigma)
