@@ -152,8 +152,12 @@ def make_train_step(model, *, prepare_input: Callable[..., jax.Array],
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    # One reduction over the gradients gives both the metric and the check: a NaN/Inf anywhere
+    # in them makes the global norm NaN/Inf. (So does a norm beyond float32 range, ~1.8e19,
+    # which Adam's second moment could not represent either.) A separate isfinite pass over
+    # all 13 M gradients cost ~10% of an InfoGAN MNIST step on a 2-core CPU.
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if nan_policy == 'skip':
       keep_old = lambda new, old: jnp.where(finite, new, old)
@@ -163,7 +167,7 @@ def make_train_step(model, *, prepare_input: Callable[..., jax.Array],
           batch_stats=jax.tree_util.tree_map(keep_old, new_state.batch_stats,
                                              state.batch_stats),
           num_skipped=state.num_skipped + jnp.where(finite, 0, 1).astype(jnp.int32))
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), finite=finite)
+    metrics = dict(metrics, grad_norm=grad_norm, finite=finite)
     return new_state, metrics
 
   return train_step
