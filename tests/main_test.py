@@ -197,3 +197,13 @@ def test_mean_vs_ancestral_grid(mock_run):
   assert grid.shape[0] == single.shape[0] and grid.shape[1] == 2 * single.shape[1] + 8
   left, right = grid[:, :single.shape[1]], grid[:, -single.shape[1]:]
   assert not np.array_equal(left, right)  # Pixel noise (γ_x ≈ 1 after a few steps) shows.
+
+
+def test_keys_added_later_at_their_implicit_default_keep_old_workdirs_valid(mock_run):
+  config, workdir, _ = mock_run
+  recorded = json.load(open(os.path.join(workdir, 'config.json')))
+  old = {k: v for k, v in recorded.items() if k not in config_lib.IMPLICIT_DEFAULTS}
+  assert config_lib._defining(old) == config_lib.experiment_keys(config)
+  # ...but a non-default value of such a key is a different experiment.
+  changed = tiny_config(stage1__gamma_mode='optimal')
+  assert config_lib.experiment_keys(changed) != config_lib.experiment_keys(config)

@@ -43,6 +43,21 @@ RUN_CONTROL_KEYS = (
 )
 
 
+_NO_FLOOR = float('-inf')
+# Experiment keys added after the first workdirs were written, each with the value that gives
+# the behaviour from before the key existed. A workdir that does not record such a key ran with
+# that value, so the key is left out of comparisons and fingerprints while it has that value:
+# adding an option never orphans existing workdirs.
+IMPLICIT_DEFAULTS = {
+    f'{stage}.{key}': value
+    for stage in ('stage1', 'stage2')
+    for key, value in (('gamma_mode', 'learned'), ('gamma_value', 1.0),
+                       ('running_mse_momentum', 0.99), ('optimal_gamma_floor', _NO_FLOOR),
+                       ('loggamma_floor', _NO_FLOOR))
+}
+_ABSENT = object()
+
+
 class ConfigError(ValueError):
   """A config or workdir problem found before any compute."""
 
@@ -65,11 +80,16 @@ def _is_run_control(key: str) -> bool:
              for k in RUN_CONTROL_KEYS)
 
 
+def _defining(flat: Mapping[str, Any]) -> Dict[str, Any]:
+  """Drops run-control keys and keys at their implicit default (see IMPLICIT_DEFAULTS)."""
+  flat = json.loads(json.dumps(dict(flat)))
+  return {k: v for k, v in sorted(flat.items())
+          if not _is_run_control(k) and IMPLICIT_DEFAULTS.get(k, _ABSENT) != v}
+
+
 def experiment_keys(config) -> Dict[str, Any]:
   """The keys that define the experiment (all but run-control), JSON-normalised."""
-  flat = flatten(config)
-  return json.loads(json.dumps(
-      {k: v for k, v in sorted(flat.items()) if not _is_run_control(k)}))
+  return _defining(flatten(config))
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:
@@ -148,7 +168,7 @@ def check_workdir(config, workdir: str):
       raise ConfigError(f'{path} is unreadable ({e}); it records which experiment this '
                         'workdir holds. Restore it or use a new --workdir.') from None
     mine = experiment_keys(config)
-    theirs = {k: v for k, v in recorded.items() if not _is_run_control(k)}
+    theirs = _defining(recorded)
     diffs = [f'  {k}: workdir has {theirs.get(k, "<absent>")!r}, this run has '
              f'{mine.get(k, "<absent>")!r}'
              for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
