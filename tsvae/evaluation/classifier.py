@@ -70,7 +70,7 @@ class Recipe:
 # Sized for CPUs: on 2 cores one MNIST epoch of the mnist recipe takes about a minute.
 RECIPES = {
     'mnist': Recipe(widths=(32, 64), convs_per_stage=1, dense=128, epochs=4),
-    'fashion_mnist': Recipe(widths=(32, 64), convs_per_stage=2, dense=256, epochs=10,
+    'fashion_mnist': Recipe(widths=(32, 64), convs_per_stage=2, dense=256, epochs=6,
                             dropout=0.4),
     'cifar10': Recipe(widths=(32, 64, 128), convs_per_stage=2, dense=256, epochs=30,
                       augment=True, weight_decay=5e-4, dropout=0.3),
