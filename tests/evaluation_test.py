@@ -528,3 +528,20 @@ def test_cli_refuses_an_unfinished_or_foreign_workdir(tmp_path):
   with pytest.raises(checkpointing.CheckpointError, match='not complete'):
     evaluate.run(evaluate.resolve_config(tiny_config(), str(tmp_path)), str(tmp_path))
 
+
+
+def test_fid_path_with_weights_available(evaluated_run, random_inception, monkeypatch):
+  """With (stand-in random) weights available, FID is a number and its reference is cached."""
+  _, workdir, cache_dir, _ = evaluated_run
+  _, weights_path = random_inception
+  monkeypatch.setattr(inception, 'find_weights', lambda *a, **k: (weights_path, None))
+  argv = ['evaluate', f'--workdir={workdir}', '--config.eval.num_samples=8',
+          f'--config.eval.cache_dir={cache_dir}', '--config.eval.classifier_epochs=1',
+          '--config.eval.batch_size=64', '--config.eval.inception_batch_size=4']
+  with tfds.testing.mock_data(num_examples=40):
+    metrics = evaluate.cli(argv)
+  assert metrics['fid_unavailable_reason'] is None
+  assert metrics['inception_weights'] == weights_path
+  for name in ('stage2', 'stage1', 'recon'):
+    assert np.isfinite(metrics[f'fid_{name}']) and metrics[f'fid_{name}'] >= 0
+  assert len(os.listdir(os.path.join(cache_dir, 'feature_stats'))) == 1
