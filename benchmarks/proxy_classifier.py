@@ -70,6 +70,7 @@ def main(argv):
       'machine': {'platform': platform.platform(), 'processor': platform.processor(),
                   'cpu_count': os.cpu_count(), 'jax_backend': jax.default_backend(),
                   'jax_devices': [str(d) for d in jax.devices()], 'jax': jax.__version__},
+      'load_average_1_5_15min_at_end': list(os.getloadavg()),
       'date': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
   }
   text = json.dumps(result, indent=2, sort_keys=True)
