@@ -77,7 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_samples = 10_000  # Generated vs test images (the paper's protocol).
   config.eval.batch_size = 500
   config.eval.inception_weights = ''  # Path to pt_inception-2015-12-05-6726825d.pth; '' = cache.
-  config.eval.cache_dir = ''  # Inception weights, proxy classifiers; '' = ~/.cache/tsvae.
+  # Inception weights, proxy classifiers; '' = $TSVAE_CACHE_DIR, else ~/.cache/tsvae.
+  config.eval.cache_dir = ''
   config.eval.min_max_stretch = True  # Per-image min-max stretch of generated images (paper).
   config.eval.active_dim_threshold = 0.05  # A dim is active when its mean σ_z² is below this.
   config.eval.allow_download = True  # Fetch the Inception weights into cache_dir when absent.

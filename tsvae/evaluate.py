@@ -113,6 +113,13 @@ def _stats_cached(cache_dir: str, extractor_name: str, images: np.ndarray, extra
   return stats
 
 
+def _host_int(x) -> int:
+  """A (possibly replicated, multi-process) scalar as a Python int."""
+  if isinstance(x, jax.Array):
+    x = x.addressable_data(0)
+  return int(np.asarray(x))
+
+
 def _loggamma(model, variables) -> float:
   return float(jax.device_get(model.apply(variables, method=vae_lib.VAE.loggamma)))
 
@@ -161,7 +168,7 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
   test_uint8 = _images(experiment, 'test', n, eval_seed, batch)
   test_float = test_uint8.astype(np.float32) / 255.0
   rng = jax.random.fold_in(jax.random.fold_in(experiment.root_rng, _EVAL_STREAM), eval_seed)
-  r2, r1, rr, rz, ru, rs = jax.random.split(rng, 6)
+  r2, r1, rr, rz, ru = jax.random.split(rng, 5)
   generated = {
       'stage2': sampling.generate_stage2(experiment.model1, v1, experiment.model2, v2, r2, n,
                                          batch_size=batch, pixel_noise=c.sampling.pixel_noise),
@@ -184,8 +191,8 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
       'pixel_noise': bool(c.sampling.pixel_noise),
       'reconstructions_of': 'the same random test images the sets are compared against',
       'metric_labels': METRIC_LABELS,
-      'stage1_step': int(jax.device_get(state1.step)),
-      'stage2_step': int(jax.device_get(state2.step)),
+      'stage1_step': _host_int(state1.step),
+      'stage2_step': _host_int(state2.step),
   }
 
   # ------------------------------------------------------------------ proxy FD
