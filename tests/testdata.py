@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from configs import default
+from tsvae import config_lib
 from tsvae.datasets.local_builders import IDX_FILES
 
 N_TRAIN, N_TEST = 40, 12
@@ -59,11 +60,7 @@ def tiny_config(**overrides):
   items = dict(TINY_OVERRIDES)
   items.update({k.replace('__', '.'): v for k, v in overrides.items()})
   for key, value in items.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+    config_lib.set_dotted(config, key, value)
   return config
 
 

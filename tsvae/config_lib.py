@@ -210,6 +210,15 @@ def unflatten(flat: Mapping[str, Any]) -> ml_collections.ConfigDict:
   return config
 
 
+def set_dotted(config, key: str, value: Any):
+  """config['a']['b'] = value for key 'a.b' (KeyError if a parent is missing)."""
+  node = config
+  *parents, leaf = key.split('.')
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = value
+
+
 def load_workdir_config(workdir: str, defaults=None) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (its config.json), over `defaults` if given.
 
@@ -223,11 +232,7 @@ def load_workdir_config(workdir: str, defaults=None) -> ml_collections.ConfigDic
     return unflatten(recorded)
   config = ml_collections.ConfigDict(defaults)
   for key, value in recorded.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+    set_dotted(config, key, value)
   return config
 
 
