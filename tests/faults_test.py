@@ -206,3 +206,30 @@ def test_disk_full_while_checkpointing(tmp_path, monkeypatch):
   ckpt = checkpointing.StageCheckpointer(str(tmp_path), 'stage2', experiment_fingerprint='f')
   assert ckpt.all_steps() == [4]
   ckpt.close()
+
+
+def test_sigkill_during_evaluation_then_rerun(tmp_path, data, finished_run):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(finished_run, workdir)
+  manual_dir, data_dir = data
+  cmd = [sys.executable, '-m', 'tsvae.evaluate', f'--workdir={workdir}',
+         f'--config.data.manual_dir={manual_dir}', f'--config.data.data_dir={data_dir}',
+         '--config.eval.num_samples=32', '--config.eval.classifier_epochs=1',
+         '--config.eval.batch_size=64', '--config.eval.allow_download=False',
+         f'--config.eval.cache_dir={tmp_path / "cache"}']
+  metrics = os.path.join(workdir, 'eval', 'metrics.json')
+  env = dict(os.environ, **{faults.ENV_VAR: 'eval.write'})
+  killed = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert not os.path.exists(metrics)  # The completion record is written last.
+  env.pop(faults.ENV_VAR)
+  rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  import json  # pylint: disable=g-import-not-at-top
+  with open(metrics) as f:
+    record = json.load(f)
+  assert record['num_samples_requested'] == 32
+  assert record['num_samples'] == 16  # Capped by the 16 test images of the tiny data set.

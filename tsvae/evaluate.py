@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 
 from tsvae import checkpointing
 from tsvae import config_lib
+from tsvae import faults
 from tsvae import fileio
 from tsvae import input_pipeline
 from tsvae import sampling
@@ -310,6 +311,7 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
   if write:
     from tsvae import images as images_lib  # pylint: disable=g-import-not-at-top
     diagnostics.plot_sigma2(plots['sigma2_hist'], sigma, act['threshold'])
+    faults.kill_here('eval.write')  # Fault-injection point (tests/faults_test.py).
     diagnostics.plot_singular_values(plots['singular_values'], sv_z, sv_u, sv_ref,
                                      metrics['mmd_z'], metrics['mmd_u'])
     diagnostics.plot_latent_sweep(plots['latent_sweep'], sweep, act['active'])

@@ -9,6 +9,7 @@
   stage2.checkpoint=N  likewise in stage 2
   latents.write        after the latent codes were encoded, while their dataset is half written
   samples.write        after the first sample grid was written, before the others
+  eval.write           after the first evaluation plot was written, before metrics.json
 
 A SIGKILL cannot be caught, so this is exactly what an OOM killer or a lost VM does. The tests
 in tests/faults_test.py use it to prove that every such death is resumed without loss.
