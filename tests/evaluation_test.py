@@ -10,6 +10,7 @@ import pickle
 import struct
 import zipfile
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -454,6 +455,22 @@ def test_proxy_classifier_is_trained_once_then_cached(tmp_path, monkeypatch):
     np.testing.assert_allclose(again.features(images[:20]), feats, rtol=1e-6)
   with pytest.raises(classifier_lib.ClassifierUnavailable, match='celeba'):
     classifier_lib.recipe_for('celeba')
+
+
+def test_classifier_training_resumes_from_its_epoch_checkpoint(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, 64).astype(np.int32)
+  recipe = classifier_lib.Recipe(widths=(4,), dense=8, epochs=2, batch_size=32)
+  checkpoint = str(tmp_path / 'training.msgpack')
+  full = classifier_lib.train(images, labels, recipe, seed=1, checkpoint_path=checkpoint)
+  # The state after epoch 1 is on disk (the last epoch is not written); resume from it.
+  resumed = classifier_lib.train(images, labels, recipe, seed=1, checkpoint_path=checkpoint)
+  for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  fresh = classifier_lib.train(images, labels, recipe, seed=1)
+  for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(fresh)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -7,6 +7,7 @@ then cached, so every experiment on a dataset is measured with the same network:
 
     <cache_dir>/classifiers/<dataset>_seed<seed>/<key>/params.msgpack, classifier.json
 
+(plus `training.msgpack` while training: a killed training resumes at its last epoch).
 `<key>` hashes the recipe and a fingerprint of the labelled test split, so a changed recipe,
 or other data under the same name (tfds mock data in tests), never reuses a network trained
 for something else. `classifier.json` (written last, atomically) records the test accuracy,
@@ -42,6 +43,7 @@ from tsvae import input_pipeline
 NUM_CLASSES = 10
 _PARAMS_FILE = 'params.msgpack'
 _META_FILE = 'classifier.json'
+_TRAINING_FILE = 'training.msgpack'  # Per-epoch state of an unfinished training.
 _FORMAT_VERSION = 1
 
 
@@ -186,8 +188,12 @@ def _apply(model, variables, images):
 
 
 def train(images: np.ndarray, labels: np.ndarray, recipe: Recipe, seed: int,
-          log_every_epochs: int = 1) -> Dict[str, Any]:
-  """Trains the CNN on uint8 images; returns its variables {'params', 'batch_stats'}."""
+          log_every_epochs: int = 1, checkpoint_path: Optional[str] = None) -> Dict[str, Any]:
+  """Trains the CNN on uint8 images; returns its variables {'params', 'batch_stats'}.
+
+  With `checkpoint_path`, the training state is written there (atomically) after every epoch
+  and a later call resumes from it, with the same result as an uninterrupted run.
+  """
   model = CNN(tuple(recipe.widths), recipe.convs_per_stage, recipe.dense, recipe.dropout)
   n = len(images)
   batch = min(recipe.batch_size, n)
@@ -201,11 +207,20 @@ def train(images: np.ndarray, labels: np.ndarray, recipe: Recipe, seed: int,
   rng = jax.random.PRNGKey(seed)
   init_rng, rng = jax.random.split(rng)
   variables = model.init({'params': init_rng}, jnp.zeros((1,) + images.shape[1:]), train=False)
-  params, batch_stats = variables['params'], variables['batch_stats']
-  opt_state = tx.init(params)
+  state = {'params': variables['params'], 'batch_stats': variables['batch_stats'],
+           'opt_state': tx.init(variables['params']), 'epoch': 0}
+  if checkpoint_path and os.path.exists(checkpoint_path):
+    with open(checkpoint_path, 'rb') as f:
+      state = flax.serialization.from_bytes(state, f.read())
+    logging.info('Resuming the proxy classifier at epoch %d from %s', int(state['epoch']),
+                 checkpoint_path)
+  params, batch_stats, opt_state = state['params'], state['batch_stats'], state['opt_state']
+  first_epoch = int(state['epoch'])
   step = _make_step(model, tx, recipe.augment)
   order_rng = np.random.default_rng(seed)
-  for epoch in range(recipe.epochs):
+  for _ in range(first_epoch):  # The data orders of the epochs already done.
+    order_rng.permutation(n)
+  for epoch in range(first_epoch, recipe.epochs):
     order = order_rng.permutation(n)
     losses, accs = [], []
     start = time.time()
@@ -220,6 +235,10 @@ def train(images: np.ndarray, labels: np.ndarray, recipe: Recipe, seed: int,
       logging.info('proxy classifier epoch %d/%d: loss %.4f, train accuracy %.4f (%.0f s)',
                    epoch + 1, recipe.epochs, float(np.mean(jax.device_get(losses))),
                    float(np.mean(jax.device_get(accs))), time.time() - start)
+    if checkpoint_path and epoch + 1 < recipe.epochs:
+      fileio.atomic_write_bytes(checkpoint_path, flax.serialization.to_bytes(
+          {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state,
+           'epoch': epoch + 1}))
   return {'params': params, 'batch_stats': batch_stats}
 
 
@@ -337,7 +356,9 @@ def get_classifier(builder, dataset: str, *, cache_dir: str, seed: int = 0, epoc
                recipe.epochs, directory)
   train_images, train_labels = load_labeled(builder, 'train', dataset)
   start = time.time()
-  variables = jax.device_get(train(train_images, train_labels, recipe, seed))
+  checkpoint = os.path.join(directory, _TRAINING_FILE) if write else None
+  variables = jax.device_get(train(train_images, train_labels, recipe, seed,
+                                   checkpoint_path=checkpoint))
   train_time = time.time() - start
   meta = {
       'format_version': _FORMAT_VERSION,
@@ -364,4 +385,6 @@ def get_classifier(builder, dataset: str, *, cache_dir: str, seed: int = 0, epoc
     meta['params_sha256'] = hashlib.sha256(blob).hexdigest()
     fileio.atomic_write_bytes(os.path.join(directory, _PARAMS_FILE), blob)
     fileio.atomic_write_json(os.path.join(directory, _META_FILE), meta)
+    if os.path.exists(checkpoint):
+      os.remove(checkpoint)
   return classifier
