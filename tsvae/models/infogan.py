@@ -52,7 +52,7 @@ class InfoGANDecoder(nn.Module):
   def __call__(self, z: Array, train: bool) -> Array:
     size, _, channels = self.image_shape
     s4 = size // 4
-    dense = lambda f, name: nn.Dense(  # reference `linear`
+    dense = lambda f, name: layers.Dense(  # reference `linear`
         f, kernel_init=layers.normal_init_infogan, bias_init=layers.zeros_init, name=name)
     deconv = lambda f, name: layers.ConvTranspose(  # reference `deconv2d`
         f, 4, 2, kernel_init=layers.normal_init_infogan, bias_init=layers.zeros_init,
