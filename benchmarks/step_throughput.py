@@ -38,6 +38,9 @@ import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SHARED_DATA = os.path.join(REPO_ROOT, '..', 'shared', 'data')
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)
+from tsvae import hostmem  # pylint: disable=g-import-not-at-top,wrong-import-position  (stdlib only)
 
 _DATASET_SHAPES = {
     'mnist': (28, 28, 1),
@@ -77,35 +80,14 @@ def parse_args(argv=None):
                  help='input mode: batches per timed epoch (0 = the whole epoch)')
   p.add_argument('--to_device', action='store_true',
                  help='input mode: also put every batch on the device(s) with shard_batch')
-  p.add_argument('--malloc', default='default', choices=('default', 'tuned'),
-                 help="'tuned': before JAX starts, keep glibc from mmapping (and page-faulting "
-                 'in) XLA:CPU\'s ~100 MB temp buffer afresh every step (see tune_malloc)')
+  p.add_argument('--malloc', default='tuned', choices=('default', 'tuned'),
+                 help="'tuned' (what tsvae.main does): before JAX starts, keep glibc from "
+                 "mmapping (and page-faulting in) XLA:CPU's temp buffer afresh every step "
+                 "(tsvae/hostmem.py); 'default': glibc's defaults")
   p.add_argument('--xla_flags', default='', help='extra XLA_FLAGS')
   p.add_argument('--note', default='', help='free text stored in the JSON')
   p.add_argument('--out', default='', help='write the JSON here (also printed)')
   return p.parse_args(argv)
-
-
-def tune_malloc() -> bool:
-  """Serve large host allocations from one reused glibc heap instead of fresh mmaps.
-
-  XLA:CPU allocates each executable's temp buffer (~100 MB for the InfoGAN MNIST step at
-  batch 64) from a worker thread on every run. glibc serves any block over 32 MB (64 MB in a
-  thread's arena) with a fresh mmap and unmaps it on free, so every step page-faults the
-  whole buffer back in: ~25k minor faults, ~40-50 ms of kernel time per step on this 2-core
-  VM. One arena, no mmap for large blocks and no trimming keep those pages mapped.
-  Must run before JAX/TF start threads (their arenas are fixed at their first malloc);
-  glibc only; returns whether it was applied. Same effect as starting the process with
-  MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824.
-  """
-  import ctypes  # pylint: disable=g-import-not-at-top
-  try:
-    libc = ctypes.CDLL('libc.so.6')
-  except OSError:
-    return False
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-  return bool(libc.mallopt(m_arena_max, 1) and libc.mallopt(m_mmap_max, 0) and
-              libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def _setup_env(args):
@@ -385,7 +367,7 @@ def main(argv=None):
   args = parse_args(argv)
   # tune_malloc only works fully before JAX/TF have started their threads.
   malloc_late = args.malloc == 'tuned' and ('jax' in sys.modules or 'tensorflow' in sys.modules)
-  malloc_tuned = tune_malloc() if args.malloc == 'tuned' else False
+  malloc_tuned = hostmem.tune_malloc() if args.malloc == 'tuned' else False
   _setup_env(args)
   if args.mode == 'input':
     result, loads, busy = run_input(args)
