@@ -4,6 +4,11 @@ Layout: `<workdir>/<stage>/checkpoints/<step>/{state,meta}`. Orbax writes each s
 temporary directory and renames it when complete, so a process killed mid-save leaves no step
 directory that `latest_step()` would return. A stage's completion is a separate marker file
 (`<workdir>/<stage>/COMPLETE`) written atomically after its final checkpoint.
+
+The workdir may be local or a gs:// URL. On GCS Orbax cannot rename a directory atomically; it
+writes the step's files, then a `commit_success.txt` file last, and `latest_step()` only returns
+steps that have it (Orbax's `CommitFileTemporaryPath`, its default for gs:// paths). The COMPLETE
+marker and the metadata go through `tsvae.fileio`, which handles both kinds of path.
 """
 
 import hashlib
@@ -36,7 +41,7 @@ def stage_dir(workdir: str, stage: str) -> str:
 
 
 def is_complete(workdir: str, stage: str) -> bool:
-  return os.path.exists(os.path.join(stage_dir(workdir, stage), COMPLETE_MARKER))
+  return fileio.exists(os.path.join(stage_dir(workdir, stage), COMPLETE_MARKER))
 
 
 def mark_complete(workdir: str, stage: str, info: Dict[str, Any]):
@@ -56,7 +61,7 @@ class StageCheckpointer:
     # failure (e.g. a full disk) is reported at the step that caused it. A checkpoint of the
     # 13 M-parameter InfoGAN state takes about a second on a CPU.
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(self.directory),
+        fileio.abspath(self.directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              enable_async_checkpointing=False),
         item_names=('state', 'meta'))
@@ -69,8 +74,9 @@ class StageCheckpointer:
 
   def save(self, step: int, state: Any, meta: Dict[str, Any]):
     meta = dict(meta, step=int(step), stage=self.stage, fingerprint=self.fingerprint)
-    faults.kill_once_exists(os.path.join(os.path.abspath(self.directory), f'{step}.*tmp*'),
-                            f'{self.stage}.checkpoint', step)
+    if not fileio.is_remote(self.directory):  # The fault tests watch a local directory.
+      faults.kill_once_exists(os.path.join(fileio.abspath(self.directory), f'{step}.*tmp*'),
+                              f'{self.stage}.checkpoint', step)
     try:
       self._manager.save(int(step), args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)

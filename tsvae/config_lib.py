@@ -157,13 +157,13 @@ def validate(config, *, num_devices: int, num_processes: int = 1):
 def check_workdir(config, workdir: str):
   """Refuses a workdir that holds another experiment, or that cannot be written.
 
-  Creates nothing: call `record_config` once all checks have passed.
+  Creates nothing: call `record_config` once all checks have passed. `workdir` may be local or a
+  remote URL (gs://bucket/run; see `tsvae.fileio`).
   """
   path = os.path.join(workdir, CONFIG_FILENAME)
-  if os.path.exists(path):
+  if fileio.exists(path):
     try:
-      with open(path) as f:
-        recorded = json.load(f)
+      recorded = json.loads(fileio.read_bytes(path).decode())
     except (OSError, ValueError) as e:
       raise ConfigError(f'{path} is unreadable ({e}); it records which experiment this '
                         'workdir holds. Restore it or use a new --workdir.') from None
@@ -179,7 +179,7 @@ def check_workdir(config, workdir: str):
           '\nUse a new --workdir, or run with the recorded values '
           f'(see {path}). Only run-control keys ({", ".join(RUN_CONTROL_KEYS)}) may change '
           'between a run and its resumption.')
-  elif any(os.path.exists(os.path.join(workdir, d)) for d in ('stage1', 'stage2', 'latents')):
+  elif any(fileio.exists(os.path.join(workdir, d)) for d in ('stage1', 'stage2', 'latents')):
     raise ConfigError(f'--workdir={workdir} holds tsvae stage folders but no '
                       f'{CONFIG_FILENAME}, so it cannot be checked against this config. '
                       'Use a new --workdir.')
@@ -190,10 +190,18 @@ def check_workdir(config, workdir: str):
 
 
 def record_config(config, workdir: str):
-  """Writes workdir/config.json (all keys) the first time a workdir is used."""
+  """Writes workdir/config.json (all keys) the first time a workdir is used (never replaces it).
+
+  This is a run's first write: a workdir that cannot be written (e.g. a read-only bucket, which
+  `check_workdir` cannot probe without creating something) fails here with a ConfigError.
+  """
   path = os.path.join(workdir, CONFIG_FILENAME)
-  if not os.path.exists(path):
-    fileio.atomic_write_json(path, flatten(config))
+  try:
+    if not fileio.exists(path):
+      fileio.atomic_write_json(path, flatten(config))
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir}: cannot write {CONFIG_FILENAME} ({e}). Choose a '
+                      'writable --workdir.') from e
 
 
 def unflatten(flat: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -40,6 +40,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tsvae import faults
+from tsvae import fileio
 from tsvae.datasets import LOCAL_BUILDERS
 from tsvae.datasets import DataError
 from tsvae.datasets import validate_manual_dir
@@ -557,13 +558,20 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
   The result is a tfds dataset directory (tfrecord shards, `dataset_info.json`,
   `features.json`; features {'mu': Tensor((κ,), float32), 'sigma': Tensor((κ,), float32)},
   split 'train', rows in the given order), loadable with `tfds.builder_from_directory`, plus
-  `tsvae_latents.json` (counts and file sizes). It is written into a temporary sibling folder
-  and renamed into place when complete, so `directory` is either absent, the previous complete
-  version, or the new complete version; never half written. Local file systems only. In a
-  multi-process run, let one process write.
+  `tsvae_latents.json` (counts and file sizes), the marker that readers require.
+
+  `directory` is either absent, the previous complete version, or the new complete version;
+  never taken as complete while half written:
+  * local: the dataset is written into a temporary sibling folder and renamed into place;
+  * remote (gs://, see `tsvae.fileio`; object stores cannot rename a folder atomically): it is
+    built in a local temporary folder, the marker of an existing version is deleted first (so
+    that version stops counting as complete), the shards and tfds metadata are uploaded, and
+    the marker is uploaded last (one atomic object); `read_latent_dataset_builder` requires the
+    marker and checks every file's size against it.
+  In a multi-process run, let one process write.
 
   Returns:
-    The absolute path of `directory`.
+    The absolute path (or the URL) of `directory`.
   """
   mu = np.asarray(mu)
   sigma = np.asarray(sigma)
@@ -572,46 +580,20 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
                      f'got {mu.shape} and {sigma.shape}.')
   mu = mu.astype(np.float32, copy=False)
   sigma = sigma.astype(np.float32, copy=False)
-  n, latent_dim = mu.shape
-  directory = os.path.abspath(os.fspath(directory))
+  directory = fileio.abspath(os.fspath(directory))
+  if fileio.is_remote(directory):
+    tmp = tempfile.mkdtemp(prefix='tsvae-latents-')
+    try:
+      _build_latent_dataset(tmp, mu, sigma)
+      _upload_latent_dataset(tmp, directory)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    return directory
   parent, base = os.path.split(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{base}.tmp-', dir=parent)
   try:
-    features = _latent_features(latent_dim)
-    template = tfds.core.ShardedFileTemplate(
-        data_dir=tmp, template='{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}',
-        dataset_name=LATENT_DATASET_NAME, split='train', filetype_suffix='tfrecord')
-    bytes_per_example = 2 * 4 * latent_dim + 64
-    num_shards = max(1, -(-n * bytes_per_example // _SHARD_BYTES))
-    bounds = np.linspace(0, n, num_shards + 1).round().astype(int)
-    shard_lengths, files, num_bytes = [], [], 0
-    for i in range(num_shards):
-      path = os.fspath(template.sharded_filepath(shard_index=i, num_shards=num_shards))
-      with tf.io.TFRecordWriter(path) as writer:
-        for j in range(bounds[i], bounds[i + 1]):
-          record = features.serialize_example({'mu': mu[j], 'sigma': sigma[j]})
-          writer.write(record)
-          num_bytes += len(record)
-      _fsync_file(path)
-      shard_lengths.append(int(bounds[i + 1] - bounds[i]))
-      files.append({'name': os.path.basename(path), 'bytes': os.path.getsize(path),
-                    'examples': shard_lengths[-1]})
-    split_info = tfds.core.SplitInfo(name='train', shard_lengths=shard_lengths,
-                                     num_bytes=num_bytes, filename_template=template)
-    # Not a builder: `tfds.testing.mock_data` patches builders (their data_dir,
-    # download_and_prepare and as_dataset), not this.
-    tfds.folder_dataset.write_metadata(
-        data_dir=tmp, features=features, split_infos=[split_info], filename_template=template,
-        check_data=False, version='1.0.0',
-        description='Stage-1 encoder outputs (mu, sigma) of the training images (tsvae).')
-    meta = {'format_version': _LATENT_FORMAT_VERSION, 'num_examples': int(n),
-            'latent_dim': int(latent_dim), 'files': files}
-    with open(os.path.join(tmp, _LATENT_META_FILE), 'w') as f:
-      json.dump(meta, f, indent=2, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    _build_latent_dataset(tmp, mu, sigma)
     faults.kill_here('latents.write')
     if os.path.lexists(directory):
       old = os.path.join(parent, f'.{base}.old-{uuid.uuid4().hex}')
@@ -625,6 +607,59 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return directory
+
+
+def _build_latent_dataset(tmp: str, mu: np.ndarray, sigma: np.ndarray):
+  """Writes the complete dataset (shards, tfds metadata, marker last) into local folder `tmp`."""
+  n, latent_dim = mu.shape
+  features = _latent_features(latent_dim)
+  template = tfds.core.ShardedFileTemplate(
+      data_dir=tmp, template='{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}',
+      dataset_name=LATENT_DATASET_NAME, split='train', filetype_suffix='tfrecord')
+  bytes_per_example = 2 * 4 * latent_dim + 64
+  num_shards = max(1, -(-n * bytes_per_example // _SHARD_BYTES))
+  bounds = np.linspace(0, n, num_shards + 1).round().astype(int)
+  shard_lengths, files, num_bytes = [], [], 0
+  for i in range(num_shards):
+    path = os.fspath(template.sharded_filepath(shard_index=i, num_shards=num_shards))
+    with tf.io.TFRecordWriter(path) as writer:
+      for j in range(bounds[i], bounds[i + 1]):
+        record = features.serialize_example({'mu': mu[j], 'sigma': sigma[j]})
+        writer.write(record)
+        num_bytes += len(record)
+    _fsync_file(path)
+    shard_lengths.append(int(bounds[i + 1] - bounds[i]))
+    files.append({'name': os.path.basename(path), 'bytes': os.path.getsize(path),
+                  'examples': shard_lengths[-1]})
+  split_info = tfds.core.SplitInfo(name='train', shard_lengths=shard_lengths,
+                                   num_bytes=num_bytes, filename_template=template)
+  # Not a builder: `tfds.testing.mock_data` patches builders (their data_dir,
+  # download_and_prepare and as_dataset), not this.
+  tfds.folder_dataset.write_metadata(
+      data_dir=tmp, features=features, split_infos=[split_info], filename_template=template,
+      check_data=False, version='1.0.0',
+      description='Stage-1 encoder outputs (mu, sigma) of the training images (tsvae).')
+  meta = {'format_version': _LATENT_FORMAT_VERSION, 'num_examples': int(n),
+          'latent_dim': int(latent_dim), 'files': files}
+  with open(os.path.join(tmp, _LATENT_META_FILE), 'w') as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  _fsync_dir(tmp)
+
+
+def _upload_latent_dataset(tmp: str, directory: str):
+  """Publishes the local dataset folder `tmp` as remote `directory`, the marker last."""
+  marker = os.path.join(directory, _LATENT_META_FILE)
+  fileio.remove(marker)  # An existing version stops being complete before anything changes.
+  fileio.rmtree(directory)  # Its shards (their count may differ).
+  fileio.makedirs(directory)
+  for name in sorted(os.listdir(tmp)):
+    if name != _LATENT_META_FILE:
+      fileio.upload(os.path.join(tmp, name), os.path.join(directory, name))
+  faults.kill_here('latents.write')
+  with open(os.path.join(tmp, _LATENT_META_FILE), 'rb') as f:
+    fileio.atomic_write_bytes(marker, f.read())
 
 
 class LatentDataset:
@@ -675,38 +710,47 @@ class LatentDataset:
 
 
 def read_latent_dataset_builder(directory: str) -> LatentDataset:
-  """Opens a latent dataset written by `write_latent_dataset`; DataError if absent/incomplete."""
-  directory = os.path.abspath(os.fspath(directory))
+  """Opens a latent dataset written by `write_latent_dataset`; DataError if absent/incomplete.
+
+  Local or remote (gs://) `directory`; the dataset counts only with its `tsvae_latents.json`
+  marker and every file it lists at its recorded size.
+  """
+  directory = fileio.abspath(os.fspath(directory))
   what = (f'Latent dataset {directory} (written by write_latent_dataset after stage 1: '
           f'{_LATENT_META_FILE}, dataset_info.json, features.json and the '
           f'{LATENT_DATASET_NAME}-train.tfrecord-* shards)')
-  if not os.path.isdir(directory):
-    raise DataError(f'{what} does not exist; run stage 1 (or its encoding step) first.')
   meta_path = os.path.join(directory, _LATENT_META_FILE)
   try:
-    with open(meta_path) as f:
-      meta = json.load(f)
+    present = fileio.exists(meta_path) or fileio.isdir(directory)
+  except OSError as e:
+    raise DataError(f'{what} cannot be read ({e}).') from e
+  if not present:
+    raise DataError(f'{what} does not exist; run stage 1 (or its encoding step) first.')
+  try:
+    meta = json.loads(fileio.read_bytes(meta_path).decode())
   except (OSError, ValueError) as e:
     raise DataError(f'{what} is incomplete: cannot read {_LATENT_META_FILE} ({e}). Delete it '
                     'so it is written again.') from e
   problems = []
-  for name in ('dataset_info.json', 'features.json'):
-    if not os.path.isfile(os.path.join(directory, name)):
-      problems.append(f'{name} is missing')
   try:
+    for name in ('dataset_info.json', 'features.json'):
+      if not fileio.exists(os.path.join(directory, name)):
+        problems.append(f'{name} is missing')
     if meta.get('format_version') != _LATENT_FORMAT_VERSION:
       problems.append(f'unknown format_version {meta.get("format_version")!r}')
     for entry in meta['files']:
       path = os.path.join(directory, entry['name'])
-      if not os.path.isfile(path):
+      if not fileio.exists(path) or fileio.isdir(path):
         problems.append(f'{entry["name"]} is missing')
-      elif os.path.getsize(path) != entry['bytes']:
-        problems.append(f'{entry["name"]} has {os.path.getsize(path)} bytes, expected '
+      elif fileio.getsize(path) != entry['bytes']:
+        problems.append(f'{entry["name"]} has {fileio.getsize(path)} bytes, expected '
                         f'{entry["bytes"]}')
     if sum(int(e['examples']) for e in meta['files']) != int(meta['num_examples']):
       problems.append('shard lengths do not add up to num_examples')
-  except (KeyError, TypeError, ValueError) as e:
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
     problems.append(f'{_LATENT_META_FILE} is malformed ({e})')
+  except OSError as e:
+    problems.append(f'a file cannot be read ({e})')
   if problems:
     raise DataError(f'{what} is incomplete: {"; ".join(problems)}. Delete it so it is written '
                     'again.')

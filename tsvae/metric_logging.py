@@ -3,6 +3,12 @@
 `metrics.jsonl` holds one JSON object per logged step, e.g.
 `{"stage": "stage1", "step": 200, "loss": 123.4, "loggamma": -1.2, "steps_per_sec": 6.1, ...}`;
 it is what benchmarks and notebooks read. Only process 0 writes; other processes log nothing.
+
+On a local workdir each record is appended and flushed at once. An object in a remote workdir
+(gs://) cannot be appended to, so there the file is rewritten whole (atomically, see
+`tsvae.fileio`) at most every `REMOTE_UPLOAD_SECS` seconds and at every `flush()` (the training
+loop flushes at the end of each stage, SIGTERM included): a SIGKILL loses at most the records of
+the last `REMOTE_UPLOAD_SECS` seconds there, and the file is never half written.
 """
 
 import json
@@ -17,20 +23,51 @@ from clu.metric_writers import interface
 import jax
 import numpy as np
 
+from tsvae import fileio
+
+# Remote metrics.jsonl: the longest time a record waits before the file is uploaded again.
+REMOTE_UPLOAD_SECS = 30.0
 
 class JsonlWriter(interface.MetricWriter):
-  """Appends scalars as JSON lines; other summary kinds are ignored."""
+  """Appends scalars as JSON lines (local or remote `path`); other summary kinds are ignored."""
 
-  def __init__(self, path: str, extra: Optional[Mapping[str, Any]] = None):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    self._file = open(path, 'a')
+  def __init__(self, path: str, extra: Optional[Mapping[str, Any]] = None, *,
+               remote_upload_secs: float = REMOTE_UPLOAD_SECS):
     self._extra = dict(extra or {})
+    self._path = path
+    self._remote = fileio.is_remote(path)
+    if self._remote:
+      # The whole file, kept in memory and uploaded whole (existing records first).
+      self._chunks = [fileio.read_bytes(path)] if fileio.exists(path) else []
+      if self._chunks and not self._chunks[0].endswith(b'\n'):
+        self._chunks[0] += b'\n'
+      self._dirty = False
+      self._upload_secs = remote_upload_secs
+      self._last_upload = float('-inf')  # The first record goes out at once.
+      self._file = None
+    else:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      self._file = open(path, 'a')
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {**self._extra, 'step': int(step), 'time': time.time()}
     record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + '\n')
-    self._file.flush()
+    line = json.dumps(record) + '\n'
+    if self._remote:
+      self._chunks.append(line.encode())
+      self._dirty = True
+      if time.monotonic() - self._last_upload >= self._upload_secs:
+        self._upload()
+    else:
+      self._file.write(line)
+      self._file.flush()
+
+  def _upload(self):
+    data = b''.join(self._chunks)
+    self._chunks = [data]
+    fileio.atomic_write_bytes(self._path, data)
+    self._dirty = False
+    self._last_upload = time.monotonic()
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -54,10 +91,17 @@ class JsonlWriter(interface.MetricWriter):
     pass
 
   def flush(self):
-    self._file.flush()
+    if self._remote:
+      if self._dirty:
+        self._upload()
+    else:
+      self._file.flush()
 
   def close(self):
-    self._file.close()
+    if self._remote:
+      self.flush()
+    else:
+      self._file.close()
 
 
 def create_writer(workdir: str, stage: str) -> metric_writers.MetricWriter:
