@@ -7,6 +7,8 @@ a kernel spec in a temporary folder, so whatever Jupyter kernels the machine has
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -44,6 +46,38 @@ def test_committed_notebook_is_valid_and_has_no_outputs(name):
   tagged = [c for c in code if 'parameters' in c.metadata.get('tags', [])]
   assert len(tagged) == 1, f'{name}: needs exactly one cell tagged "parameters"'
   assert any(c.cell_type == 'markdown' for c in nb.cells)
+
+
+def _setup_source():
+  """The setup cell, the same in both notebooks."""
+  sources = [[c.source for c in _read(name).cells if c.get('id') == 'setup'] for name in NOTEBOOKS]
+  assert all(len(s) == 1 for s in sources) and sources[0] == sources[1]
+  return sources[0][0]
+
+
+def test_setup_outside_a_checkout_needs_tsvae_repo_then_clones_it(tmp_path):
+  source = _setup_source()
+  assert "TSVAE_REPO = ''  # @param" in source  # A Colab form field, empty: no public URL yet.
+
+  def run(src):
+    return subprocess.run([sys.executable, '-c', src], cwd=str(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+
+  result = run(source)
+  assert result.returncode != 0
+  assert 'not running inside a tsvae checkout and TSVAE_REPO is empty' in result.stderr
+  assert not os.listdir(tmp_path)  # Nothing was cloned or installed.
+  if not shutil.which('git') or not os.path.isdir(os.path.join(REPO_ROOT, '.git')):
+    pytest.skip('needs git and a git checkout to clone from')
+  # TSVAE_REPO set: the (committed) repository is cloned and used; its dependencies are all
+  # importable here, so nothing is pip-installed.
+  result = run(source.replace("TSVAE_REPO = ''", f"TSVAE_REPO = 'file://{REPO_ROOT}'", 1))
+  assert result.returncode == 0, result.stderr
+  clone = tmp_path / 'tsvae-checkout'
+  assert (clone / 'tsvae' / 'two_stage.py').exists()
+  assert f'tsvae repository: {clone}' in result.stdout
+  result = run(source)  # A second run reuses the clone, with TSVAE_REPO empty again.
+  assert result.returncode == 0 and f'tsvae repository: {clone}' in result.stdout
 
 
 def _with_parameters(nb, **params):
