@@ -6,17 +6,19 @@
 #   SHARED_FS=10.0.0.2:/tsvae WORKDIR=/mnt/tsvae/mnist CONFIG=configs/mnist.py \
 #       launch/tpu_pod.sh [--dry_run] [--config.stage1.num_epochs=10 ...]
 #
+# or, with a GCS bucket as the workdir instead of an NFS share: WORKDIR=gs://BUCKET/tsvae/mnist
+# and no SHARED_FS.
+#
 # Steps: reuse the TPU (`describe`) or `create` it; copy this checkout to every worker (or clone
 # REPO_URL there, SOURCE=git); optionally mount a shared NFS file system (SHARED_FS) on every
 # worker; `pip install 'jax[tpu]'` and the package on every worker; run training on every
 # worker. Arguments other than --dry_run are passed to tsvae.main (e.g. --config.* overrides).
 # --dry_run (or DRY_RUN=1) prints every command instead of running it.
 #
-# WORKDIR must be one directory that every worker sees: process 0 writes config.json, the
-# latents and the samples, and the other processes read them. gs:// workdirs are NOT supported
-# yet (tsvae writes with os.* calls and renames the latents into place, so each worker would
-# create a local folder named "gs:"); the script refuses them unless ALLOW_GCS_WORKDIR=1. Use
-# an NFS share (e.g. Filestore) mounted on every worker: set SHARED_FS and a WORKDIR below
+# WORKDIR must be one location that every worker sees: process 0 writes config.json, the
+# latents and the samples, and the other processes read them. Either a GCS bucket
+# (WORKDIR=gs://BUCKET/run: the TPU VMs' service account needs read/write access to it) or an
+# NFS share (e.g. Filestore) mounted on every worker: set SHARED_FS and a WORKDIR below
 # MOUNT_POINT.
 #
 # Rerunning the script resumes the run from WORKDIR: a READY TPU is reused, a PREEMPTED spot TPU
@@ -32,8 +34,7 @@ ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-v4-32}"     # v4-32 = 4 workers x 4 chips
 RUNTIME_VERSION="${RUNTIME_VERSION:-tpu-ubuntu2204-base}"  # v5e: v2-alpha-tpuv5-lite
 SPOT="${SPOT:-0}"                                 # 1: create a spot (preemptible) TPU
 CONFIG="${CONFIG:-configs/mnist.py}"              # relative to the repository root
-WORKDIR="${WORKDIR:-/mnt/tsvae/${TPU_NAME}}"      # shared by all workers (see above)
-ALLOW_GCS_WORKDIR="${ALLOW_GCS_WORKDIR:-0}"
+WORKDIR="${WORKDIR:-/mnt/tsvae/${TPU_NAME}}"      # shared by all workers: gs://... or NFS
 SHARED_FS="${SHARED_FS:-}"                        # NFS export HOST:/PATH; '' = mount nothing
 MOUNT_POINT="${MOUNT_POINT:-/mnt/tsvae}"
 SOURCE="${SOURCE:-local}"                         # local: copy this checkout; git: clone REPO_URL
@@ -100,11 +101,6 @@ run() {
 note() { echo "# $*"; }
 die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
 
-if [[ "$WORKDIR" == gs://* && "$ALLOW_GCS_WORKDIR" != 1 ]]; then
-  die "WORKDIR=$WORKDIR: gs:// workdirs are not supported yet (latents are renamed into place" \
-      "with os.rename). Mount a shared file system on every worker (SHARED_FS=HOST:/EXPORT," \
-      "WORKDIR under $MOUNT_POINT), or set ALLOW_GCS_WORKDIR=1 once tsvae supports gs://."
-fi
 [[ "$SOURCE" == local || "$SOURCE" == git ]] || die "SOURCE must be 'local' or 'git', got '$SOURCE'."
 [[ -f "$REPO_ROOT/$CONFIG" || "$SOURCE" == git ]] || die "CONFIG=$CONFIG: no such file in $REPO_ROOT."
 

@@ -20,7 +20,7 @@ SCRIPTS = ('tpu_pod.sh', 'gpu_local.sh', 'slurm.sbatch')
 CLUSTER_TOOLS = ('gcloud', 'srun', 'scontrol', 'sbatch')
 # Knobs of the scripts that must not leak in from the environment the tests run in.
 KNOBS = ('TPU_NAME', 'ZONE', 'PROJECT', 'ACCELERATOR_TYPE', 'RUNTIME_VERSION', 'SPOT', 'CONFIG',
-         'WORKDIR', 'ALLOW_GCS_WORKDIR', 'SHARED_FS', 'MOUNT_POINT', 'SOURCE', 'REPO_URL',
+         'WORKDIR', 'SHARED_FS', 'MOUNT_POINT', 'SOURCE', 'REPO_URL',
          'REPO_REF', 'REMOTE_DIR', 'PYTHON', 'JAX_TPU', 'SKIP_INSTALL', 'DETACH', 'DRY_RUN',
          'CUDA_VISIBLE_DEVICES', 'REPO_DIR', 'VENV', 'COORDINATOR_PORT', 'REQUEUE')
 EXTRA = ['--config.stage1.num_epochs=3', '--config.data.manual_dir=/data/with space']
@@ -189,13 +189,19 @@ def test_tpu_pod_skip_install(tools):
   assert len(remote) == 1 and 'tsvae.main --distributed' in remote[0]
 
 
-def test_tpu_pod_refuses_gcs_workdir(tools):
-  env = dict(TPU_ENV, WORKDIR='gs://bucket/run')
-  result = _launch('tpu_pod.sh', ['--dry_run'], tools, **env)
-  assert result.returncode == 2 and 'gs:// workdirs are not supported' in result.stderr
-  assert not result.stdout
-  result = _launch('tpu_pod.sh', ['--dry_run'], tools, **dict(env, ALLOW_GCS_WORKDIR='1'))
-  assert result.returncode == 0 and '--workdir=gs://bucket/run' in result.stdout
+def test_tpu_pod_gcs_workdir(tools):
+  # A bucket instead of an NFS share: nothing is mounted, the URL reaches tsvae.main as is.
+  env = dict(TPU_ENV, WORKDIR='gs://bucket/runs/cifar', SHARED_FS='')
+  result = _launch('tpu_pod.sh', ['--dry_run', *EXTRA], tools, **env)
+  assert result.returncode == 0, result.stderr
+  _no_cluster_tool_ran(tools)
+  remote = _ssh_commands(_commands(result.stdout))
+  assert len(remote) == 3 and not any('mount' in r for r in remote)  # Unpack, install, train.
+  train = shlex.split(remote[2])
+  assert train[:3] == ['cd', 'tsvae', '&&']
+  assert _option(train, '--workdir') == 'gs://bucket/runs/cifar'
+  assert train[3:] == [a.replace('/mnt/tsvae/cifar', 'gs://bucket/runs/cifar')
+                       for a in TRAIN_ARGV]
 
 
 def _fake_gcloud(tools, state):
@@ -330,6 +336,14 @@ def test_slurm_dry_run_fakes_an_allocation(tools):
   assert result.returncode == 0, result.stderr
   srun = _srun_line(_commands(result.stdout))
   assert srun[srun.index('bash') + 4:srun.index('bash') + 6] == ['node001:24345', '2']
+
+
+def test_slurm_gcs_workdir(tools):
+  result = _launch('slurm.sbatch', ['--dry_run'], tools,
+                   **dict(SLURM_ENV, WORKDIR='gs://bucket/runs/mnist'))
+  assert result.returncode == 0, result.stderr
+  srun = _srun_line(_commands(result.stdout))
+  assert _option(srun, '--workdir') == 'gs://bucket/runs/mnist'
 
 
 def test_slurm_outside_a_job_refuses(tools):
