@@ -19,6 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.manual_dir = ''  # Local files (offline route); '' = tfds download.
   config.data.data_dir = ''  # Where tfds keeps prepared data; '' = tfds default.
   config.data.shuffle_buffer = 50_000  # For datasets too large to shuffle whole.
+  # Robust-PCA demo: this share of every training image's pixels is replaced by uniform [0, 1)
+  # noise (fixed per image, seeded by outlier_seed; test split untouched). 0 = clean data.
+  config.data.outlier_fraction = 0.0
+  config.data.outlier_seed = 0
 
   # Model.
   config.arch = 'infogan'  # infogan | wae | resnet

@@ -6,6 +6,7 @@ Everything is written under pytest tmp dirs (data_dir is always passed; under
 
 import gzip
 import io
+import json
 import os
 import tempfile
 import zipfile
@@ -522,3 +523,118 @@ def test_latent_dataset_absent_or_incomplete(tmp_path):
 def test_latents_are_real_under_mock_data(tmp_path):
   with tfds.testing.mock_data(num_examples=3):
     _check_latent_round_trip(str(tmp_path / 'latents'))
+
+
+# ---------------------------------------------------------------------------------------------
+# Outlier corruption of the training split (robust-PCA demo).
+
+FRACTION = 0.25
+
+
+def _pairs(builder, dataset, **kwargs):
+  """(clean, corrupted) images of one epoch, matched by position (the order is the same)."""
+  clean = np.concatenate(_epoch(builder, dataset, **kwargs))
+  dirty = np.concatenate(_epoch(builder, dataset, outlier_fraction=FRACTION, **kwargs))
+  return clean, dirty
+
+
+def _changed_pixels(clean, dirty):
+  return np.any(clean != dirty, axis=-1).reshape(len(clean), -1).sum(axis=1)
+
+
+@pytest.mark.parametrize('in_memory', [True, False])
+def test_outliers_fraction_determinism_and_process_count(mnist_local, in_memory):
+  builder, data, _ = mnist_local
+  k = ip.outlier_pixel_count(FRACTION, 28, 28)
+  assert k == 196
+  by_id = {}
+  for epoch in (0, 1):
+    clean, dirty = _pairs(builder, 'mnist', epoch=epoch, in_memory=in_memory)
+    assert dirty.shape == clean.shape and dirty.dtype == np.float32
+    np.testing.assert_array_equal(_changed_pixels(clean, dirty), k)  # The share, exactly.
+    assert 0.0 <= dirty.min() and dirty.max() <= 1.0
+    for c, d in zip(clean, dirty):
+      image_id = int(round(c[0, 0, 0] * 255))
+      if image_id in by_id:  # The same image is corrupted the same way in every epoch.
+        np.testing.assert_array_equal(d, by_id[image_id])
+      by_id[image_id] = d
+  assert len(by_id) == N_TRAIN
+  # Two processes see the same corruption of each image (and other images than one process).
+  for process_index in range(2):
+    clean, dirty = _pairs(builder, 'mnist', epoch=1, in_memory=in_memory,
+                          process_index=process_index, process_count=2)
+    for c, d in zip(clean, dirty):
+      np.testing.assert_array_equal(d, by_id[int(round(c[0, 0, 0] * 255))])
+  other_seed = np.concatenate(_epoch(builder, 'mnist', epoch=1, in_memory=in_memory,
+                                     outlier_fraction=FRACTION, outlier_seed=1))
+  assert not np.array_equal(other_seed, dirty)
+  if in_memory:  # What corrupt_images gives for (stored index) keys: the benchmark's reference.
+    images = data['train'][0][..., None].astype(np.float32) / 255
+    expected = ip.corrupt_images(images, np.arange(N_TRAIN), FRACTION, 0)
+    for i in range(N_TRAIN):
+      np.testing.assert_array_equal(by_id[int(data['train'][0][i, 0, 0])], expected[i])
+
+
+def test_outliers_leave_the_test_split_and_zero_fraction_alone(mnist_local):
+  builder, data, _ = mnist_local
+  for fraction in (FRACTION, 1.0):
+    batches = ip.make_image_dataset(builder, 'test', dataset='mnist', global_batch_size=4,
+                                    process_index=0, process_count=1, outlier_fraction=fraction)
+    np.testing.assert_array_equal(np.concatenate(_batches(batches))[..., 0],
+                                  data['test'][0][:N_TEST // 4 * 4] / np.float32(255))
+  clean = _epoch(builder, 'mnist', epoch=0)
+  np.testing.assert_array_equal(_epoch(builder, 'mnist', epoch=0, outlier_fraction=0.0), clean)
+  everything = np.concatenate(_epoch(builder, 'mnist', epoch=0, outlier_fraction=1.0))
+  assert np.all(_changed_pixels(np.concatenate(clean), everything) >= 780)  # ~all 784 pixels.
+  with pytest.raises(ValueError, match=r'\[0, 1\]'):
+    ip.outlier_pixel_count(1.5, 28, 28)
+
+
+def test_outliers_streamed_celeba(celeba_local):
+  builder, _ = celeba_local
+  k = ip.outlier_pixel_count(FRACTION, 64, 64)
+  by_image = {}
+  for epoch in (2, 3):
+    clean, dirty = _pairs(builder, 'celeba', global_batch_size=1, epoch=epoch)
+    assert len(clean) == 4
+    np.testing.assert_array_equal(_changed_pixels(clean, dirty), k)
+    for c, d in zip(clean, dirty):
+      key = c.tobytes()
+      if key in by_image:
+        np.testing.assert_array_equal(d, by_image[key])
+      by_image[key] = d
+  assert len(by_image) == 4
+
+
+def test_outlier_config_keys_validated_and_implicit(tmp_path):
+  from testdata import tiny_config  # pylint: disable=g-import-not-at-top
+  from tsvae import config_lib  # pylint: disable=g-import-not-at-top
+  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  for key, value, match in (('data.outlier_fraction', 1.5, r'outlier_fraction.*\[0, 1\]'),
+                            ('data.outlier_fraction', -0.1, r'outlier_fraction.*\[0, 1\]'),
+                            ('data.outlier_seed', -1, 'outlier_seed'),
+                            ('eval.expost_gmm_components', -1, 'expost_gmm_components')):
+    with pytest.raises(config_lib.ConfigError, match=match):
+      config_lib.validate(tiny_config(**{key.replace('.', '__'): value}), num_devices=1)
+  # A workdir recorded before the keys existed is the clean-data experiment.
+  config_lib.record_config(tiny_config(), str(tmp_path))
+  path = tmp_path / config_lib.CONFIG_FILENAME
+  recorded = json.loads(path.read_text())
+  del recorded['data.outlier_fraction'], recorded['data.outlier_seed']
+  path.write_text(json.dumps(recorded))
+  config_lib.check_workdir(tiny_config(), str(tmp_path))
+  with pytest.raises(config_lib.ConfigError, match='data.outlier_fraction'):
+    config_lib.check_workdir(tiny_config(data__outlier_fraction=0.1), str(tmp_path))
+  # Stage 1 trains on the corrupted images.
+  config = tiny_config(data__outlier_fraction=FRACTION, data__outlier_seed=3)
+  with tfds.testing.mock_data(num_examples=16):
+    spec = two_stage.Experiment(config, str(tmp_path / 'run')).stage1_spec()
+    got = np.concatenate([b['image'] for b in spec.epoch_batches(0, 0)])
+
+    def epoch0(**outliers):
+      return np.concatenate(_batches(ip.make_image_dataset(
+          ip.get_builder('mnist'), 'train', dataset='mnist', process_index=0, process_count=1,
+          global_batch_size=config.batch_size, shuffle_seed=config.seed, **outliers)))
+
+    np.testing.assert_array_equal(got, epoch0(outlier_fraction=FRACTION, outlier_seed=3))
+    assert not np.array_equal(got, epoch0())

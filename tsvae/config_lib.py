@@ -55,6 +55,7 @@ IMPLICIT_DEFAULTS = {
                        ('running_mse_momentum', 0.99), ('optimal_gamma_floor', _NO_FLOOR),
                        ('loggamma_floor', _NO_FLOOR))
 }
+IMPLICIT_DEFAULTS.update({'data.outlier_fraction': 0.0, 'data.outlier_seed': 0})
 _ABSENT = object()
 
 
@@ -139,6 +140,7 @@ def validate(config, *, num_devices: int, num_processes: int = 1):
       raise ConfigError(f'config.{stage}.running_mse_momentum must be in [0, 1), got '
                         f'{momentum}.')
   _choice(config.nan_policy, train.NAN_POLICIES, 'nan_policy')
+  _check_outliers_and_gmm(config)
   shape = input_pipeline.image_shape(config.dataset)
   try:
     models.check_image_shape(config.arch, shape)
@@ -152,6 +154,21 @@ def validate(config, *, num_devices: int, num_processes: int = 1):
   if config.batch_size % num_processes:
     raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
                       f'{num_processes} processes.')
+
+
+def _check_outliers_and_gmm(config):
+  fraction = config.data.get('outlier_fraction', 0.0)
+  if (not isinstance(fraction, (int, float)) or isinstance(fraction, bool)
+      or not 0.0 <= fraction <= 1.0):
+    raise ConfigError('config.data.outlier_fraction is the share of each training image\'s '
+                      f'pixels replaced by noise and must be in [0, 1], got {fraction!r}.')
+  seed = config.data.get('outlier_seed', 0)
+  if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    raise ConfigError(f'config.data.outlier_seed must be a non-negative integer, got {seed!r}.')
+  components = config.eval.get('expost_gmm_components', 0)
+  if not isinstance(components, int) or isinstance(components, bool) or components < 0:
+    raise ConfigError('config.eval.expost_gmm_components must be a non-negative integer '
+                      f'(0 = no ex-post GMM), got {components!r}.')
 
 
 def check_workdir(config, workdir: str):

@@ -46,10 +46,10 @@ from tsvae.datasets import DataError
 from tsvae.datasets import validate_manual_dir
 
 __all__ = [
-    'DATASETS', 'DataError', 'LatentDataset', 'check_dataset', 'get_builder', 'image_shape',
-    'make_eval_dataset', 'make_image_dataset', 'make_latent_dataset', 'num_examples',
-    'preprocess_image', 'read_latent_dataset_builder', 'validate_manual_dir',
-    'write_latent_dataset'
+    'DATASETS', 'DataError', 'LatentDataset', 'check_dataset', 'corrupt_images', 'get_builder',
+    'image_shape', 'make_eval_dataset', 'make_image_dataset', 'make_latent_dataset',
+    'num_examples', 'outlier_pixel_count', 'preprocess_image', 'read_latent_dataset_builder',
+    'validate_manual_dir', 'write_latent_dataset'
 ]
 
 # This process feeds JAX; keep TensorFlow off any accelerator.
@@ -345,6 +345,62 @@ def _check_nonempty_epoch(n_local: int, local_batch: int, drop_remainder: bool, 
 
 
 # ---------------------------------------------------------------------------------------------
+# Outlier corruption of training images (the robust-PCA view; benchmarks/robust_pca.py).
+
+_OUTLIER_PURPOSE = 7  # Separates the outlier stream from the shuffling streams of a seed.
+
+
+def outlier_pixel_count(fraction: float, height: int, width: int) -> int:
+  """Pixels (spatial positions) replaced per image: round(fraction · H · W)."""
+  fraction = float(fraction)
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f'outlier_fraction must be in [0, 1], got {fraction}.')
+  return int(round(fraction * int(height) * int(width)))
+
+
+def _outlier_base_seed(outlier_seed: int) -> int:
+  state = np.random.SeedSequence(
+      [int(outlier_seed) & 0xFFFF_FFFF_FFFF_FFFF, _OUTLIER_PURPOSE]).generate_state(1, np.uint64)
+  return int(state[0]) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _corrupt_one(image: tf.Tensor, key: tf.Tensor, count: int, base_seed: int) -> tf.Tensor:
+  """Replaces `count` pixels of one float image [H, W, C], chosen from (base_seed, key)."""
+  if count == 0:
+    return image
+  h, w, c = image.shape
+  seeds = tf.random.experimental.stateless_split(
+      tf.stack([tf.constant(base_seed, tf.int64), tf.cast(key, tf.int64)]), 2)
+  scores = tf.random.stateless_uniform([h * w], seed=seeds[0])
+  _, where = tf.math.top_k(scores, k=count)  # `count` distinct positions, uniformly at random.
+  mask = tf.scatter_nd(where[:, None], tf.ones([count], tf.bool), [h * w])
+  noise = tf.random.stateless_uniform([h, w, c], seed=seeds[1], dtype=image.dtype)
+  return tf.where(tf.reshape(mask, [h, w, 1]), noise, image)
+
+
+def corrupt_images(images, keys, outlier_fraction: float, outlier_seed: int) -> np.ndarray:
+  """The outlier model, applied to float images [N, H, W, C] in [0, 1] (NumPy in, NumPy out).
+
+  In image i, exactly round(outlier_fraction · H · W) pixel positions, drawn uniformly without
+  replacement, get every channel replaced by independent Uniform[0, 1) noise; the other pixels
+  are unchanged. Positions and noise are a pure function of (outlier_seed, keys[i]). The
+  training pipeline (`make_image_dataset(..., outlier_fraction=...)`) applies exactly this with
+  keys = the index of the image in the stored training split (in-memory datasets).
+  """
+  images = tf.convert_to_tensor(np.asarray(images, np.float32))
+  keys = tf.convert_to_tensor(np.asarray(keys, np.int64))
+  count = outlier_pixel_count(outlier_fraction, images.shape[1], images.shape[2])
+  base = _outlier_base_seed(outlier_seed)
+  out = tf.map_fn(lambda a: _corrupt_one(a[0], a[1], count, base), (images, keys),
+                  fn_output_signature=tf.float32)
+  return out.numpy()
+
+
+def _is_train_split(split: str) -> bool:
+  return str(split).split('[', 1)[0].strip() == 'train'
+
+
+# ---------------------------------------------------------------------------------------------
 # Training and evaluation image datasets.
 
 
@@ -361,7 +417,9 @@ def make_image_dataset(builder,
                        process_count: Optional[int] = None,
                        cache: bool = True,
                        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-                       in_memory: Optional[bool] = None) -> tf.data.Dataset:
+                       in_memory: Optional[bool] = None,
+                       outlier_fraction: float = 0.0,
+                       outlier_seed: int = 0) -> tf.data.Dataset:
   """ONE epoch of training batches `{'image': float32 [local_batch, H, W, C]}` in [0, 1].
 
   Args:
@@ -383,6 +441,13 @@ def make_image_dataset(builder,
       (in-memory datasets only).
     shuffle_buffer: shuffle buffer of the streaming path (CelebA).
     in_memory: None = automatic (MNIST, Fashion-MNIST, CIFAR-10 in memory, CelebA streamed).
+    outlier_fraction: > 0 corrupts the images of the *training* split (other splits are never
+      touched): in every image exactly round(outlier_fraction · H · W) pixels get uniform
+      [0, 1) noise (see `corrupt_images`). Which pixels and which noise is a pure function of
+      (outlier_seed, the example): the same in every epoch, for any process count and order.
+      The example is its index in the stored split (in-memory datasets) or its tfds id
+      (streamed datasets).
+    outlier_seed: seeds the corruption.
 
   Returns:
     A finite `tf.data.Dataset` with known cardinality = batches in this epoch (after skipping).
@@ -393,25 +458,46 @@ def make_image_dataset(builder,
   local_batch = _local_batch_size(global_batch_size, process_count)
   if in_memory is None:
     in_memory = dataset in IN_MEMORY_DATASETS
+  h, w, _ = image_shape(dataset)
+  outliers = (outlier_pixel_count(outlier_fraction, h, w) if _is_train_split(split) else 0)
+  base_seed = _outlier_base_seed(outlier_seed)
 
   if in_memory:
     images = _load_uint8(builder, split, dataset, 0, 1, cache)  # Whole split: see below.
     _check_nonempty_epoch(len(images) // process_count, local_batch, drop_remainder,
                           f'{dataset}[{split}]')
-    ds = _in_memory_epoch({'image': images}, global_batch_size, shuffle_seed, epoch,
+    arrays = {'image': images}
+    if outliers:  # The global index in the stored split identifies the example.
+      arrays['index'] = np.arange(len(images), dtype=np.int64)
+    ds = _in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch,
                           process_index, process_count, int(skip_batches), drop_remainder)
-    ds = ds.map(lambda ex: {'image': _to_float(ex['image'])},
-                num_parallel_calls=tf.data.AUTOTUNE)
+    if outliers:
+      ds = ds.unbatch().map(
+          lambda ex: {'image': _corrupt_one(_to_float(ex['image']), ex['index'], outliers,
+                                            base_seed)},
+          num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch, drop_remainder=drop_remainder)
+    else:
+      ds = ds.map(lambda ex: {'image': _to_float(ex['image'])},
+                  num_parallel_calls=tf.data.AUTOTUNE)
   else:
     ds = _streaming_examples(builder, _process_split(split, process_index, process_count),
                              shuffle_seed=shuffle_seed, epoch=epoch,
-                             process_index=process_index, shuffle_buffer=shuffle_buffer)
+                             process_index=process_index, shuffle_buffer=shuffle_buffer,
+                             with_ids=bool(outliers))
     _check_nonempty_epoch(int(ds.cardinality()), local_batch, drop_remainder,
                           f'{dataset}[{split}]')
     ds = ds.skip(int(skip_batches) * local_batch)
     decode = _image_decoder(builder)
-    ds = ds.map(lambda encoded: {'image': preprocess_image(decode(encoded), dataset)},
-                num_parallel_calls=tf.data.AUTOTUNE)
+    if outliers:
+      # The tfds id ('<file>__<record>') names the example whatever the order or sharding.
+      id_key = [base_seed & 0xFFFF_FFFF, base_seed >> 32]
+      ds = ds.map(lambda tfds_id, encoded: {'image': _corrupt_one(
+          preprocess_image(decode(encoded), dataset),
+          tf.strings.to_hash_bucket_strong(tfds_id, 2**62, key=id_key), outliers, base_seed)},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+      ds = ds.map(lambda encoded: {'image': preprocess_image(decode(encoded), dataset)},
+                  num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=drop_remainder)
   ds = ds.with_options(_deterministic_options())
   return ds.prefetch(tf.data.AUTOTUNE)
@@ -440,8 +526,11 @@ def _image_decoder(builder):
 
 
 def _streaming_examples(builder, split, *, shuffle_seed, epoch, process_index,
-                        shuffle_buffer) -> tf.data.Dataset:
-  """Encoded image bytes of `split`; seeded file and buffer shuffles when shuffle_seed given."""
+                        shuffle_buffer, with_ids: bool = False) -> tf.data.Dataset:
+  """Encoded image bytes of `split`; seeded file and buffer shuffles when shuffle_seed given.
+
+  With `with_ids`, elements are (tfds id, encoded bytes) pairs, in the same order.
+  """
   if shuffle_seed is None:
     read_config = _sequential_read_config()
   else:
@@ -449,10 +538,14 @@ def _streaming_examples(builder, split, *, shuffle_seed, epoch, process_index,
     read_config = tfds.ReadConfig(options=_deterministic_options(), try_autocache=False,
                                   shuffle_seed=seed, shuffle_reshuffle_each_iteration=False,
                                   enable_ordering_guard=False)
+  read_config.add_tfds_id = bool(with_ids)
   ds = builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
                           read_config=read_config,
                           decoders={'image': tfds.decode.SkipDecoding()})
-  ds = ds.map(lambda ex: ex['image'])
+  if with_ids:
+    ds = ds.map(lambda ex: (ex['tfds_id'], ex['image']))
+  else:
+    ds = ds.map(lambda ex: ex['image'])
   if shuffle_seed is not None:
     ds = ds.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=False)
   return ds

@@ -117,7 +117,9 @@ class Experiment:
       return tfds.as_numpy(input_pipeline.make_image_dataset(
           builder, 'train', dataset=c.dataset, global_batch_size=c.batch_size,
           shuffle_seed=c.seed, epoch=epoch, skip_batches=skip,
-          shuffle_buffer=c.data.shuffle_buffer))
+          shuffle_buffer=c.data.shuffle_buffer,
+          outlier_fraction=c.data.get('outlier_fraction', 0.0),
+          outlier_seed=c.data.get('outlier_seed', 0)))
 
     local_batch = c.batch_size // jax.process_count()
     return train.StageSpec(
