@@ -91,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.classifier_seed = 0  # Proxy classifier seed (one classifier per dataset+seed).
   config.eval.classifier_epochs = -1  # > 0 overrides the proxy classifier's recipe (tests).
   config.eval.mmd_bandwidth = 0.0  # Gaussian-kernel h of the MMD; 0 = the rule h² = κ.
+  # Ex-post density estimation (Ghosh et al. 2020): a full-covariance GMM with this many
+  # components fitted to the stage-1 μ_z of the training set; 0 = off.
+  config.eval.expost_gmm_components = 10
 
   # 'error': stop at the first NaN/Inf loss or gradient; 'skip': skip such steps (counted).
   config.nan_policy = 'error'

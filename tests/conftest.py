@@ -28,3 +28,19 @@ def shared_data(name: str) -> str:
   if not os.path.isdir(path):
     pytest.skip(f'{path} not present (offline data copies live beside the checkout)')
   return path
+
+
+@pytest.fixture(scope='session')
+def evaluated_run(tmp_path_factory):
+  """A tiny mock-data two-stage run with evaluation enabled (tsvae's own call site at the end of
+  a run), shared by the evaluation tests: (config, workdir, cache_dir, result). Treat the
+  workdir as read-only (copy it to change it): other tests evaluate it again."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from testdata import eval_overrides, tiny_config  # pylint: disable=g-import-not-at-top
+  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('eval_run'))
+  cache_dir = str(tmp_path_factory.mktemp('eval_cache'))
+  config = tiny_config(**eval_overrides(cache_dir))
+  with tfds.testing.mock_data(num_examples=40):
+    result = two_stage.run(config, workdir)
+  return config, workdir, cache_dir, result

@@ -20,7 +20,6 @@ from tsvae import checkpointing
 from tsvae import config_lib
 from tsvae import evaluate
 from tsvae import input_pipeline
-from tsvae import two_stage
 from tsvae.evaluation import classifier as classifier_lib
 from tsvae.evaluation import diagnostics
 from tsvae.evaluation import frechet
@@ -476,6 +475,7 @@ def test_classifier_training_resumes_from_its_epoch_checkpoint(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 EXPECTED_KEYS = ('proxy_fd_stage2', 'proxy_fd_stage1', 'proxy_fd_recon', 'proxy_fd_train',
+                 'proxy_fd_gmm', 'fid_gmm', 'expost_gmm', 'null_reasons',
                  'classifier_test_accuracy', 'fid_stage2', 'fid_stage1', 'fid_recon',
                  'fid_unavailable_reason', 'active_dims', 'mmd_z', 'mmd_u', 'loggamma_x',
                  'loggamma_z', 'num_samples', 'metric_labels', 'mmd_bandwidth_rule',
@@ -483,20 +483,29 @@ EXPECTED_KEYS = ('proxy_fd_stage2', 'proxy_fd_stage1', 'proxy_fd_recon', 'proxy_
                  'latent_sweep_variance', 'mean_sigma2_per_dim')
 
 
-def _eval_overrides(cache_dir, num_samples=32):
-  return dict(eval__enabled=True, eval__num_samples=num_samples, eval__cache_dir=cache_dir,
-              eval__allow_download=False, eval__classifier_epochs=1, eval__batch_size=64)
+def check_null_reasons(metrics):
+  """Every null metric (of those labelled, and the stage-2 / GMM ones) has a reason."""
+  keys = set(evaluate.METRIC_LABELS) | {'singular_values_u', 'active_dim_indices', 'stage2_step'}
+  for key in keys:
+    assert key in metrics, key
+    if metrics[key] is None:
+      assert isinstance(metrics['null_reasons'].get(key), str), key
+  assert set(metrics['null_reasons']) <= {k for k in keys if metrics[k] is None}
 
 
 def _check_metrics(metrics, workdir, config, num_samples):
   for key in EXPECTED_KEYS:
     assert key in metrics, key
   assert metrics['num_samples'] == num_samples
-  for name in ('stage2', 'stage1', 'recon'):
+  for name in ('stage2', 'stage1', 'recon', 'gmm'):
     assert metrics[f'fid_{name}'] is None  # No weights offline: never a number...
-  for name in ('stage2', 'stage1', 'recon', 'train'):
+    assert 'downloading is disabled' in metrics['null_reasons'][f'fid_{name}']
+  for name in ('stage2', 'stage1', 'recon', 'train', 'gmm'):
     assert np.isfinite(metrics[f'proxy_fd_{name}']) and metrics[f'proxy_fd_{name}'] >= 0
   assert 'downloading is disabled' in metrics['fid_unavailable_reason']  # ...but a reason.
+  check_null_reasons(metrics)
+  assert metrics['stage2_unavailable_reason'] is None and metrics['stage2_step'] > 0
+  assert metrics['expost_gmm']['components'] == 10 and metrics['gmm_unavailable_reason'] is None
   assert 0 <= metrics['active_dims'] <= config.latent_dim
   assert len(metrics['mean_sigma2_per_dim']) == config.latent_dim
   assert len(metrics['singular_values_u']) == config.latent_dim
@@ -505,20 +514,12 @@ def _check_metrics(metrics, workdir, config, num_samples):
   assert on_disk['num_samples'] == num_samples
   assert on_disk['fid_stage2'] is None
   for name in ('sigma2_hist.png', 'singular_values.png', 'latent_sweep.png',
-               'latent_sweep_images.png'):
+               'latent_sweep_images.png', 'samples_gmm.png'):
     with open(os.path.join(workdir, 'eval', name), 'rb') as f:
       assert f.read(4) == b'\x89PNG', name
 
 
-@pytest.fixture(scope='module')
-def evaluated_run(tmp_path_factory):
-  """A tiny mock-data run with evaluation enabled: tsvae's own call site at the end of a run."""
-  workdir = str(tmp_path_factory.mktemp('eval_run'))
-  cache_dir = str(tmp_path_factory.mktemp('eval_cache'))
-  config = tiny_config(**_eval_overrides(cache_dir))
-  with tfds.testing.mock_data(num_examples=40):
-    result = two_stage.run(config, workdir)
-  return config, workdir, cache_dir, result
+# `evaluated_run` (conftest.py): a tiny two-stage run with the evaluation at its end.
 
 
 def test_run_with_evaluation_writes_metrics_and_plots(evaluated_run):
@@ -559,6 +560,6 @@ def test_fid_path_with_weights_available(evaluated_run, random_inception, monkey
     metrics = evaluate.cli(argv)
   assert metrics['fid_unavailable_reason'] is None
   assert metrics['inception_weights'] == weights_path
-  for name in ('stage2', 'stage1', 'recon'):
+  for name in ('stage2', 'stage1', 'recon', 'gmm'):
     assert np.isfinite(metrics[f'fid_{name}']) and metrics[f'fid_{name}'] >= 0
   assert len(os.listdir(os.path.join(cache_dir, 'feature_stats'))) == 1

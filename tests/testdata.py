@@ -69,3 +69,9 @@ def tiny_flags(**overrides):
   items = dict(TINY_OVERRIDES)
   items.update({k.replace('__', '.'): v for k, v in overrides.items()})
   return [f'--config.{k}={v}' for k, v in items.items()]
+
+
+def eval_overrides(cache_dir, num_samples=32):
+  """tiny_config overrides for a quick offline evaluation (no Inception download)."""
+  return dict(eval__enabled=True, eval__num_samples=num_samples, eval__cache_dir=cache_dir,
+              eval__allow_download=False, eval__classifier_epochs=1, eval__batch_size=64)

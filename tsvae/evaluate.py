@@ -4,8 +4,13 @@ r"""Evaluates a finished Two-Stage VAE workdir: FID, the proxy FD, the paper's d
       --config.data.manual_dir=../shared/data/mnist [--config.eval.num_samples=1000]
 
 Writes <workdir>/eval/metrics.json and the plots sigma2_hist.png, singular_values.png,
-latent_sweep.png, latent_sweep_images.png under <workdir>/eval/. `tsvae.main` runs the same
-evaluation at the end of a run when config.eval.enabled.
+latent_sweep.png, latent_sweep_images.png and samples_gmm.png under <workdir>/eval/. `tsvae.main`
+runs the same evaluation at the end of a run when config.eval.enabled.
+
+Besides the stage-2, stage-1 (prior) and reconstruction sets it scores the ex-post GMM ablation
+(`tsvae.evaluation.expost_gmm`: a GMM fitted to the stage-1 μ_z, decoded). A single-stage run
+(config.stage2.enabled=False) is evaluated too: every stage-2 metric is null, and each null
+metric has its reason in `null_reasons`.
 
 The experiment comes from the workdir's config.json; `--config` (default configs/default.py)
 supplies keys the workdir does not record, and `--config.<key>=...` overrides run-control keys
@@ -21,7 +26,7 @@ reported only when the verified Inception weights are available, otherwise null 
 import functools
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from absl import app
 from absl import flags
@@ -38,6 +43,7 @@ from tsvae import input_pipeline
 from tsvae import sampling
 from tsvae.evaluation import classifier as classifier_lib
 from tsvae.evaluation import diagnostics
+from tsvae.evaluation import expost_gmm
 from tsvae.evaluation import frechet
 from tsvae.evaluation import inception
 from tsvae.models import vae as vae_lib
@@ -51,10 +57,13 @@ METRIC_LABELS = {
     'fid_stage2': 'FID (pytorch-fid FID-Inception-v3 pool3, paper protocol) of stage-2 samples',
     'fid_stage1': 'FID of stage-1 samples (z ~ N(0, I) through the stage-1 decoder)',
     'fid_recon': 'FID of reconstructions of the test images',
+    'fid_gmm': 'FID of ex-post GMM samples (see proxy_fd_gmm)',
     'proxy_fd_stage2': ('Frechet classifier distance (proxy FD: penultimate features of the '
                         'project\'s own CNN classifier; NOT comparable to published FID) of '
                         'stage-2 samples'),
     'proxy_fd_stage1': 'proxy FD of stage-1 samples',
+    'proxy_fd_gmm': ('proxy FD of ex-post GMM samples (a full-covariance GMM fitted to the '
+                     'stage-1 mu_z of the training set, decoded by the stage-1 decoder)'),
     'proxy_fd_recon': 'proxy FD of reconstructions of the test images',
     'proxy_fd_train': ('proxy FD of as many random real training images: the floor of the '
                        'metric at this sample size'),
@@ -66,6 +75,10 @@ METRIC_LABELS = {
     'loggamma_z': 'final log gamma of stage 2',
     'num_samples': 'generated images per set = random test images used',
 }
+
+
+# The generated image sets, each compared with the test images by proxy FD and FID.
+SAMPLE_SETS = ('stage2', 'stage1', 'recon', 'gmm')
 
 
 def default_cache_dir() -> str:
@@ -126,20 +139,37 @@ def _loggamma(model, variables) -> float:
 
 
 def _encode_chunks(model, variables, x: np.ndarray, batch_size: int):
-  mus, sigmas = [], []
-  for start in range(0, len(x), batch_size):
-    chunk = x[start:start + batch_size]
-    n = len(chunk)
-    if n < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-    mu, sigma = jax.device_get(sampling.encode_batch(model, variables, chunk))
-    mus.append(mu[:n])
-    sigmas.append(sigma[:n])
-  return np.concatenate(mus), np.concatenate(sigmas)
+  return diagnostics.map_padded(lambda chunk: jax.device_get(
+      sampling.encode_batch(model, variables, chunk)), x, batch_size)
 
 
-def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
+def stage2_unavailable_reason(config, state2) -> Optional[str]:
+  """Why there is no stage 2 to evaluate (None when there is one)."""
+  if not config.stage2.get('enabled', True):
+    return ('stage 2 is disabled (config.stage2.enabled=False): a single-stage run has no '
+            'stage-2 model')
+  if state2 is None:
+    return 'no stage-2 state was given to the evaluation (stage 2 absent)'
+  return None
+
+
+def _fit_gmm(e, mu: np.ndarray, seed: int):
+  """(the fitted ex-post GMM or None, why not)."""
+  components = int(e.get('expost_gmm_components', expost_gmm.DEFAULT_COMPONENTS))
+  if components <= 0:
+    return None, 'eval.expost_gmm_components=0: the ex-post GMM is off'
+  try:
+    return expost_gmm.fit(mu, components, seed=seed), None
+  except ValueError as err:
+    logging.warning('Ex-post GMM not fitted: %s', err)
+    return None, f'the ex-post GMM could not be fitted: {err}'
+
+
+def evaluate_experiment(experiment, state1, state2=None) -> Dict[str, Any]:
   """Runs the whole evaluation of a trained experiment; writes <workdir>/eval/ (process 0).
+
+  `state2` None (or config.stage2.enabled=False): a single-stage run; the stage-2 metrics are
+  null and `null_reasons` says why.
 
   Returns:
     The metrics dict that is written to metrics.json.
@@ -151,10 +181,26 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
   cache_dir = e.get('cache_dir', '') or default_cache_dir()
   timings: Dict[str, float] = {}
   t_all = time.time()
-  v1, v2 = sampling.variables_of(state1), sampling.variables_of(state2)
+  stage2_reason = stage2_unavailable_reason(c, state2)
+  if stage2_reason is not None:
+    state2 = None
+  v1 = sampling.variables_of(state1)
+  v2 = None if state2 is None else sampling.variables_of(state2)
   builder = experiment.builder
   batch = int(e.batch_size)
   eval_seed = int(e.get('seed', 0))
+  reasons: Dict[str, str] = {}  # metric key -> why it is null
+
+  def decode(codes):
+    return np.asarray(_decode(experiment.model1, v1, codes))
+
+  # ------------------------------------------------------------------ codes, ex-post GMM
+  t = time.time()
+  mu, sigma = experiment.encode_split(state1, 'train')
+  timings['encode_train'] = time.time() - t
+  t = time.time()
+  gmm, gmm_reason = _fit_gmm(e, mu, eval_seed)
+  timings['gmm_fit'] = time.time() - t
 
   # ------------------------------------------------------------------ images
   t = time.time()
@@ -170,16 +216,27 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
   test_float = test_uint8.astype(np.float32) / 255.0
   rng = jax.random.fold_in(jax.random.fold_in(experiment.root_rng, _EVAL_STREAM), eval_seed)
   r2, r1, rr, rz, ru = jax.random.split(rng, 5)
-  generated = {
-      'stage2': sampling.generate_stage2(experiment.model1, v1, experiment.model2, v2, r2, n,
-                                         batch_size=batch, pixel_noise=c.sampling.pixel_noise),
-      'stage1': sampling.generate_stage1(experiment.model1, v1, r1, n, latent_dim=c.latent_dim,
-                                         batch_size=batch, pixel_noise=c.sampling.pixel_noise),
-      'recon': sampling.reconstruct(experiment.model1, v1, test_float, rr, batch_size=batch),
-  }
+  generated = {}
+  if state2 is not None:
+    generated['stage2'] = sampling.generate_stage2(
+        experiment.model1, v1, experiment.model2, v2, r2, n, batch_size=batch,
+        pixel_noise=c.sampling.pixel_noise)
+  generated['stage1'] = sampling.generate_stage1(
+      experiment.model1, v1, r1, n, latent_dim=c.latent_dim, batch_size=batch,
+      pixel_noise=c.sampling.pixel_noise)
+  generated['recon'] = sampling.reconstruct(experiment.model1, v1, test_float, rr,
+                                            batch_size=batch)
+  if gmm is not None:
+    noise_std = (float(np.exp(_loggamma(experiment.model1, v1))) if c.sampling.pixel_noise
+                 else None)
+    generated['gmm'] = expost_gmm.generate(decode, gmm, n, eval_seed,
+                                           batch_size=min(batch, n), pixel_noise_std=noise_std)
+    gmm_grid = generated['gmm'][:int(c.sampling.num_grid_images)]
   if e.min_max_stretch:
     generated = {k: min_max_stretch(v) for k, v in generated.items()}
   timings['generate'] = time.time() - t
+  missing = {'stage2': stage2_reason, 'gmm': gmm_reason}  # Sets not generated, and why.
+  missing = {k: v for k, v in missing.items() if v is not None}
 
   metrics: Dict[str, Any] = {
       'dataset': c.dataset,
@@ -193,8 +250,17 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
       'reconstructions_of': 'the same random test images the sets are compared against',
       'metric_labels': METRIC_LABELS,
       'stage1_step': _host_int(state1.step),
-      'stage2_step': _host_int(state2.step),
+      'stage2_step': None if state2 is None else _host_int(state2.step),
+      'stage2_unavailable_reason': stage2_reason,
+      'expost_gmm': None if gmm is None else gmm.summary(),
+      'gmm_unavailable_reason': gmm_reason,
   }
+  if state2 is None:
+    reasons['stage2_step'] = stage2_reason
+
+  def null(key: str, reason: str):
+    metrics[key] = None
+    reasons[key] = reason
 
   # ------------------------------------------------------------------ proxy FD
   t = time.time()
@@ -208,6 +274,8 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
     for name, images in generated.items():
       metrics[f'proxy_fd_{name}'] = frechet.frechet_distance_from_stats(
           frechet.gaussian_stats(clf.features(images)), reference)
+    for name, reason in missing.items():
+      null(f'proxy_fd_{name}', reason)
     # The metric's floor: real training images against the same test images.
     num_train = min(n, input_pipeline.num_examples(builder, 'train'))
     train_uint8 = _images(experiment, 'train', num_train, eval_seed, batch)
@@ -220,9 +288,9 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
         'test_accuracy', 'created')}
     metrics['proxy_unavailable_reason'] = None
   except classifier_lib.ClassifierUnavailable as err:
-    for name in list(generated) + ['train']:
-      metrics[f'proxy_fd_{name}'] = None
-    metrics['classifier_test_accuracy'] = None
+    for name in SAMPLE_SETS + ('train',):
+      null(f'proxy_fd_{name}', missing.get(name, str(err)))
+    null('classifier_test_accuracy', str(err))
     metrics['classifier_cache_key'] = None
     metrics['proxy_unavailable_reason'] = str(err)
   timings['proxy_fd'] = time.time() - t
@@ -245,18 +313,35 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
       logging.exception('FID failed.')
       fids = {name: None for name in generated}
       reason = f'FID computation failed: {type(err).__name__}: {err}'
-  for name, value in fids.items():
-    metrics[f'fid_{name}'] = value
+  for name in SAMPLE_SETS:
+    if name in missing:
+      null(f'fid_{name}', missing[name])
+    elif fids[name] is None:
+      null(f'fid_{name}', reason)
+    else:
+      metrics[f'fid_{name}'] = fids[name]
   metrics['fid_unavailable_reason'] = reason
   metrics['inception_weights'] = weights
   timings['fid'] = time.time() - t
 
   # ------------------------------------------------------------------ diagnostics
   t = time.time()
-  mu, sigma = experiment.encode_split(state1, 'train')
+  # Deterministic encoders (WAE-MMD, RAE) report σ_z = 0: there is no posterior variance to
+  # call a dim active or inactive by, so active_dims is null; z below is then μ_z itself.
+  deterministic = bool(np.all(sigma == 0))
+  metrics['stage1_encoder'] = ('deterministic (sigma_z = 0)' if deterministic else
+                               'stochastic (sigma_z > 0)')
   act = diagnostics.active_dims(sigma, float(e.active_dim_threshold))
-  metrics['active_dims'] = act['count']
-  metrics['active_dim_indices'] = [int(i) for i in act['active']]
+  if deterministic:
+    reason = ('the stage-1 encoder is deterministic (sigma_z = 0 for every code): active dims '
+              'are defined by the posterior variance, which it does not have')
+    null('active_dims', reason)
+    null('active_dim_indices', reason)
+    act['active'] = np.zeros((0,), np.int64)
+  else:
+    metrics['active_dims'] = act['count']
+    metrics['active_dim_indices'] = [int(i) for i in act['active']]
+  metrics['active_dims_unavailable_reason'] = reasons.get('active_dims')
   metrics['active_dim_threshold'] = act['threshold']
   metrics['mean_sigma2_per_dim'] = [float(v) for v in act['mean_sigma2']]
 
@@ -264,37 +349,39 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
   pick = np.sort(np.random.default_rng(eval_seed).choice(len(mu), num_codes, replace=False))
   eps = np.asarray(jax.random.normal(rz, (num_codes, mu.shape[1])))
   z = (mu[pick] + sigma[pick] * eps).astype(np.float32)
-  mu_u, sigma_u = _encode_chunks(experiment.model2, v2, z, batch)
-  u = (mu_u + sigma_u * np.asarray(jax.random.normal(ru, mu_u.shape))).astype(np.float32)
   bandwidth = float(e.get('mmd_bandwidth', 0.0))
   metrics['mmd_z'] = diagnostics.mmd_to_standard_normal(z, seed=eval_seed, bandwidth=bandwidth)
-  metrics['mmd_u'] = diagnostics.mmd_to_standard_normal(u, seed=eval_seed + 1,
-                                                        bandwidth=bandwidth)
+  sv_z = diagnostics.singular_values(z)
+  sv_u = None
+  if state2 is not None:
+    mu_u, sigma_u = _encode_chunks(experiment.model2, v2, z, batch)
+    u = (mu_u + sigma_u * np.asarray(jax.random.normal(ru, mu_u.shape))).astype(np.float32)
+    metrics['mmd_u'] = diagnostics.mmd_to_standard_normal(u, seed=eval_seed + 1,
+                                                          bandwidth=bandwidth)
+    sv_u = diagnostics.singular_values(u)
+    metrics['singular_values_u'] = [float(v) for v in sv_u]
+    metrics['loggamma_z'] = _loggamma(experiment.model2, v2)
+  else:
+    for key in ('mmd_u', 'singular_values_u', 'loggamma_z'):
+      null(key, stage2_reason)
   metrics['mmd_num_codes'] = num_codes
   metrics['mmd_bandwidth_rule'] = (diagnostics.BANDWIDTH_RULE if bandwidth <= 0 else
                                    f'Gaussian kernel with fixed h = {bandwidth:g}; unbiased '
                                    'MMD^2 estimate vs N(0, I) draws')
-  sv_z = diagnostics.singular_values(z)
-  sv_u = diagnostics.singular_values(u)
   sv_ref = diagnostics.singular_values(
       np.random.default_rng(eval_seed + 2).standard_normal(z.shape))
   metrics['singular_values_z'] = [float(v) for v in sv_z]
-  metrics['singular_values_u'] = [float(v) for v in sv_u]
 
   num_bases = min(16, len(mu))
   bases = mu[np.random.default_rng(eval_seed + 3).choice(len(mu), num_bases, replace=False)]
-
-  def decode(codes):  # One compiled shape: B·V codes per call.
-    return np.asarray(_decode(experiment.model1, v1, codes))
-
   sweep_values = np.linspace(-3.0, 3.0, 9)
+  # One compiled decoder shape: B·V codes per call.
   sweep, sweep_images = diagnostics.latent_sweep(decode, bases, sweep_values,
                                                  return_images=True)
   metrics['latent_sweep_variance'] = [float(v) for v in sweep]
   metrics['latent_sweep_values'] = [float(v) for v in sweep_values]
   metrics['latent_sweep_num_bases'] = num_bases
   metrics['loggamma_x'] = _loggamma(experiment.model1, v1)
-  metrics['loggamma_z'] = _loggamma(experiment.model2, v2)
   timings['diagnostics'] = time.time() - t
 
   plots = {
@@ -302,15 +389,22 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
       'singular_values': os.path.join(out_dir, 'singular_values.png'),
       'latent_sweep': os.path.join(out_dir, 'latent_sweep.png'),
       'latent_sweep_images': os.path.join(out_dir, 'latent_sweep_images.png'),
+      'samples_gmm': os.path.join(out_dir, 'samples_gmm.png'),
   }
+  if deterministic:
+    del plots['sigma2_hist']  # Every σ² is 0: nothing to histogram.
+  if gmm is None:
+    del plots['samples_gmm']
   metrics['plots'] = {k: os.path.basename(v) for k, v in plots.items()}
+  metrics['null_reasons'] = reasons
   timings['total'] = time.time() - t_all
   metrics['timings_s'] = {k: round(v, 2) for k, v in timings.items()}
   metrics['created'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
 
   if write:
     from tsvae import images as images_lib  # pylint: disable=g-import-not-at-top
-    diagnostics.plot_sigma2(plots['sigma2_hist'], sigma, act['threshold'])
+    if 'sigma2_hist' in plots:
+      diagnostics.plot_sigma2(plots['sigma2_hist'], sigma, act['threshold'])
     faults.kill_here('eval.write')  # Fault-injection point (tests/faults_test.py).
     diagnostics.plot_singular_values(plots['singular_values'], sv_z, sv_u, sv_ref,
                                      metrics['mmd_z'], metrics['mmd_u'])
@@ -319,6 +413,8 @@ def evaluate_experiment(experiment, state1, state2) -> Dict[str, Any]:
     rows = sweep_images[order[:min(16, len(order))]]
     images_lib.save_grid(plots['latent_sweep_images'],
                          rows.reshape((-1,) + rows.shape[2:]), len(sweep_values))
+    if 'samples_gmm' in plots:  # Decoder means (not min-max stretched), like samples/*.png.
+      images_lib.save_grid(plots['samples_gmm'], gmm_grid, int(np.ceil(np.sqrt(len(gmm_grid)))))
     fileio.atomic_write_json(os.path.join(out_dir, METRICS_FILE), metrics)
     logging.info('Wrote %s', os.path.join(out_dir, METRICS_FILE))
   _log_summary(metrics)
@@ -331,15 +427,19 @@ def _decode(model, variables, z):
 
 
 def _log_summary(m: Dict[str, Any]):
-  def fmt(v):
-    return 'n/a' if v is None else f'{v:.3f}'
-  logging.info('Evaluation (%d vs %d test images): proxy FD stage2 %s, stage1 %s, recon %s '
-               '(classifier accuracy %s); FID stage2 %s%s; active dims %d; MMD² z %.4f, '
-               'u %.4f; log γ_x %.3f, log γ_z %.3f', m['num_samples'], m['num_samples'],
+  def fmt(v, spec='.3f'):
+    return 'n/a' if v is None else format(v, spec)
+  logging.info('Evaluation (%d vs %d test images): proxy FD stage2 %s, stage1 %s, recon %s, '
+               'GMM %s (classifier accuracy %s); FID stage2 %s%s; active dims %s; MMD² z %s, '
+               'u %s; log γ_x %s, log γ_z %s', m['num_samples'], m['num_samples'],
                fmt(m['proxy_fd_stage2']), fmt(m['proxy_fd_stage1']), fmt(m['proxy_fd_recon']),
-               fmt(m['classifier_test_accuracy']), fmt(m['fid_stage2']),
-               f' ({m["fid_unavailable_reason"]})' if m['fid_stage2'] is None else '',
-               m['active_dims'], m['mmd_z'], m['mmd_u'], m['loggamma_x'], m['loggamma_z'])
+               fmt(m['proxy_fd_gmm']), fmt(m['classifier_test_accuracy']),
+               fmt(m['fid_stage2']),
+               f' ({m["fid_unavailable_reason"]})' if m['fid_unavailable_reason'] else '',
+               fmt(m['active_dims'], 'd'), fmt(m['mmd_z'], '.4f'), fmt(m['mmd_u'], '.4f'),
+               fmt(m['loggamma_x']), fmt(m['loggamma_z']))
+  for key, reason in m['null_reasons'].items():
+    logging.info('  %s is null: %s', key, reason)
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -378,11 +478,16 @@ def resolve_config(config, workdir: str, overrides: Dict[str, Any] = None):
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
-  """Restores both completed stages of `workdir` and evaluates them (config already resolved)."""
+  """Restores the completed stages of `workdir` and evaluates them (config already resolved).
+
+  Stage 2 is restored only when config.stage2.enabled (default True); otherwise the run is
+  evaluated as a single-stage one.
+  """
   from tsvae import two_stage  # pylint: disable=g-import-not-at-top
   experiment = two_stage.Experiment(config, workdir)
   state1 = experiment.restore_stage('stage1')
-  state2 = experiment.restore_stage('stage2')
+  state2 = (experiment.restore_stage('stage2') if config.stage2.get('enabled', True)
+            else None)
   return evaluate_experiment(experiment, state1, state2)
 
 

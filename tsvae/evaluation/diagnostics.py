@@ -34,6 +34,23 @@ def active_dims(sigma: np.ndarray, threshold: float = 0.05) -> Dict[str, object]
           'threshold': float(threshold)}
 
 
+def map_padded(fn: Callable[[np.ndarray], object], x: np.ndarray, batch_size: int):
+  """fn over x in batches of exactly `batch_size` (the last one zero-padded), so that a jitted
+  fn compiles one shape; its outputs (an array or a tuple of arrays) trimmed and concatenated."""
+  outs = []
+  for start in range(0, len(x), batch_size):
+    chunk = x[start:start + batch_size]
+    n = len(chunk)
+    if n < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+    out = fn(chunk)
+    outs.append(tuple(np.asarray(o)[:n] for o in out) if isinstance(out, tuple)
+                else np.asarray(out)[:n])
+  if outs and isinstance(outs[0], tuple):
+    return tuple(np.concatenate(parts) for parts in zip(*outs))
+  return np.concatenate(outs)
+
+
 def _kernel_sum(a: np.ndarray, b: np.ndarray, h2: float, block: int = 1024) -> float:
   """Σ_ij exp(−‖a_i − b_j‖² / (2 h²)) in float64, in row blocks."""
   b2 = np.sum(b * b, axis=1)
@@ -152,15 +169,17 @@ def plot_sigma2(path: str, sigma: np.ndarray, threshold: float):
   plt.close(fig)
 
 
-def plot_singular_values(path: str, sv_z: np.ndarray, sv_u: np.ndarray,
+def plot_singular_values(path: str, sv_z: np.ndarray, sv_u: Optional[np.ndarray],
                          sv_reference: Optional[np.ndarray] = None,
                          mmd_z: Optional[float] = None, mmd_u: Optional[float] = None):
+  """Singular values of z (and of u; None when there is no stage 2) and of N(0, I) draws."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
   ax.plot(np.arange(1, len(sv_z) + 1), sv_z, 'o-', ms=3,
           label='stage 1: z' + (f' (MMD² {mmd_z:.4f})' if mmd_z is not None else ''))
-  ax.plot(np.arange(1, len(sv_u) + 1), sv_u, 's-', ms=3,
-          label='stage 2: u' + (f' (MMD² {mmd_u:.4f})' if mmd_u is not None else ''))
+  if sv_u is not None:
+    ax.plot(np.arange(1, len(sv_u) + 1), sv_u, 's-', ms=3,
+            label='stage 2: u' + (f' (MMD² {mmd_u:.4f})' if mmd_u is not None else ''))
   if sv_reference is not None:
     ax.plot(np.arange(1, len(sv_reference) + 1), sv_reference, 'k:', label='N(0, I) draws')
   ax.set_xlabel('index')
