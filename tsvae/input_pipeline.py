@@ -387,13 +387,16 @@ def corrupt_images(images, keys, outlier_fraction: float, outlier_seed: int) -> 
   training pipeline (`make_image_dataset(..., outlier_fraction=...)`) applies exactly this with
   keys = the index of the image in the stored training split (in-memory datasets).
   """
-  images = tf.convert_to_tensor(np.asarray(images, np.float32))
-  keys = tf.convert_to_tensor(np.asarray(keys, np.int64))
+  images = np.asarray(images, np.float32)
+  keys = np.asarray(keys, np.int64)
+  if len(images) == 0:
+    return images.copy()
   count = outlier_pixel_count(outlier_fraction, images.shape[1], images.shape[2])
   base = _outlier_base_seed(outlier_seed)
-  out = tf.map_fn(lambda a: _corrupt_one(a[0], a[1], count, base), (images, keys),
-                  fn_output_signature=tf.float32)
-  return out.numpy()
+  ds = tf.data.Dataset.from_tensor_slices((images, keys)).map(
+      lambda image, key: _corrupt_one(image, key, count, base),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
+  return np.concatenate(list(ds.as_numpy_iterator()))
 
 
 def _is_train_split(split: str) -> bool:
