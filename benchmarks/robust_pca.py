@@ -101,14 +101,15 @@ def make_config(args):
 
 def mse_report(recon: np.ndarray, clean: np.ndarray, corrupted: np.ndarray) -> dict:
   """MSEs of reconstructions [N, H, W, C] vs the clean and the corrupted images."""
-  recon, clean, corrupted = (np.asarray(a, np.float64) for a in (recon, clean, corrupted))
+  recon, clean, corrupted = (np.asarray(a, np.float32) for a in (recon, clean, corrupted))
   outlier = np.broadcast_to(np.any(corrupted != clean, axis=-1, keepdims=True), clean.shape)
-  sq = (recon - clean) ** 2
+  sq = np.square(recon - clean)
+  mean = lambda a: float(np.mean(a, dtype=np.float64))  # pylint: disable=unnecessary-lambda-assignment
   return {
-      'mse_vs_clean': float(sq.mean()),
-      'mse_vs_clean_outlier_pixels': float(sq[outlier].mean()) if outlier.any() else None,
-      'mse_vs_clean_other_pixels': float(sq[~outlier].mean()) if (~outlier).any() else None,
-      'mse_vs_corrupted': float(((recon - corrupted) ** 2).mean()),
+      'mse_vs_clean': mean(sq),
+      'mse_vs_clean_outlier_pixels': mean(sq[outlier]) if outlier.any() else None,
+      'mse_vs_clean_other_pixels': mean(sq[~outlier]) if (~outlier).any() else None,
+      'mse_vs_corrupted': mean(np.square(recon - corrupted)),
   }
 
 
@@ -159,15 +160,19 @@ def evaluate_split(model, variables, clean, corrupted, pcas, batch_size):
 
   `pcas`: {'corrupted': PCA fitted on the corrupted training images, 'clean': on the clean ones}.
   """
-  recons = {
-      'corrupted_input': corrupted,
-      'pca': pca_reconstruct(pcas['corrupted'], corrupted),
-      'vae': vae_reconstruct(model, variables, corrupted, batch_size),
-      'pca_fit_on_clean_reference': pca_reconstruct(pcas['clean'], corrupted),
+  methods = {
+      'corrupted_input': lambda: corrupted,
+      'pca': lambda: pca_reconstruct(pcas['corrupted'], corrupted),
+      'pca_clipped': lambda: np.clip(pca_reconstruct(pcas['corrupted'], corrupted), 0.0, 1.0),
+      'vae': lambda: vae_reconstruct(model, variables, corrupted, batch_size),
+      'pca_fit_on_clean_reference': lambda: pca_reconstruct(pcas['clean'], corrupted),
   }
-  recons['pca_clipped'] = np.clip(recons['pca'], 0.0, 1.0)
-  report = {name: mse_report(r, clean, corrupted) for name, r in recons.items()}
-  return report, {name: r[:10] for name, r in recons.items()}
+  report, shown = {}, {}
+  for name, reconstruct in methods.items():  # One full set of reconstructions at a time.
+    recon = reconstruct()
+    report[name] = mse_report(recon, clean, corrupted)
+    shown[name] = recon[:10]
+  return report, shown
 
 
 def strict_json(obj):
