@@ -8,8 +8,9 @@ VAE whose data lie on a low-dimensional manifold.
 """
 
 import math
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
@@ -50,6 +51,15 @@ def cross_entropy_nll(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
   return -jnp.sum(x * log_p + (1.0 - x) * log_1mp) / _batch_size(x)
 
 
+def _reconstruction_nll(x, outputs, reconstruction_loss: str) -> jnp.ndarray:
+  if reconstruction_loss == 'gaussian':
+    return gaussian_nll(x, outputs['x_hat'], outputs['loggamma'])
+  if reconstruction_loss == 'cross_entropy':
+    return cross_entropy_nll(x, outputs['x_hat'])
+  raise ValueError(f'Unknown reconstruction_loss {reconstruction_loss!r}; '
+                   f'expected one of {RECONSTRUCTION_LOSSES}.')
+
+
 def negative_elbo(x: jnp.ndarray,
                   outputs: Mapping[str, jnp.ndarray],
                   *,
@@ -64,13 +74,7 @@ def negative_elbo(x: jnp.ndarray,
     beta: weight of the KL term; 1 is the ELBO (reference).
   """
   kl = gaussian_kl(outputs['mu'], outputs['sigma'], outputs['log_sigma'])
-  if reconstruction_loss == 'gaussian':
-    gen = gaussian_nll(x, outputs['x_hat'], outputs['loggamma'])
-  elif reconstruction_loss == 'cross_entropy':
-    gen = cross_entropy_nll(x, outputs['x_hat'])
-  else:
-    raise ValueError(f'Unknown reconstruction_loss {reconstruction_loss!r}; '
-                     f'expected one of {RECONSTRUCTION_LOSSES}.')
+  gen = _reconstruction_nll(x, outputs, reconstruction_loss)
   loss = beta * kl + gen
   mse = jnp.mean(jnp.square(x - outputs['x_hat']))
   metrics = {
@@ -81,3 +85,159 @@ def negative_elbo(x: jnp.ndarray,
       'mse': mse,
   }
   return loss, metrics
+
+
+# ------------------------------------------------------------------------------ baselines
+# Objectives of the stage-1 model families other than the reference VAE (config.stage1.model;
+# models/baselines.py). Same conventions: sums over dims, means over the batch. Every one
+# returns (loss, metrics) with at least 'loss', 'kl', 'gen', 'loggamma' and 'mse'; for the
+# deterministic models 'kl' holds the regulariser that takes the KL's place (loss − gen).
+
+# The WAE code's (tolstikhin/wae, wae.py) inverse multiquadratic kernel scales.
+WAE_IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# Their 'l2sq' cost: c(x, y) = 0.05·‖x − y‖².
+WAE_L2SQ_SCALE = 0.05
+
+
+def flow_kl(eps: jnp.ndarray, log_sigma: jnp.ndarray, log_det: jnp.ndarray,
+            z: jnp.ndarray) -> jnp.ndarray:
+  """Single-sample Monte-Carlo KL(q(z|x) ‖ N(0, I)) of an IAF posterior, batch mean.
+
+  log q(z_K|x) = log N(z_0; μ, σ²) − Σ log |det ∂z_k/∂z_{k−1}| with z_0 = μ + σ·ε, so
+  log N(z_0; μ, σ²) = Σ_i [−ε_i²/2 − log σ_i − ½ log 2π]; the KL estimate is
+  log q(z_K|x) − log N(z_K; 0, I) = Σ_i [(z_K,i² − ε_i²)/2 − log σ_i] − log_det (the ½ log 2π
+  terms cancel).
+
+  Args:
+    eps: [B, d] the noise of z_0; log_sigma: [B, d] the encoder's log σ; log_det: [B] the
+      flow's Σ log |det|; z: [B, d] z_K.
+  """
+  per_example = (jnp.sum((jnp.square(z) - jnp.square(eps)) / 2.0 - log_sigma, axis=-1)
+                 - log_det)
+  return jnp.sum(per_example) / _batch_size(z)
+
+
+def flow_negative_elbo(x: jnp.ndarray, outputs: Mapping[str, jnp.ndarray], *,
+                       reconstruction_loss: str = 'gaussian', beta: float = 1.0):
+  """β·KL_MC + Gen for the VAE with an IAF posterior (outputs of ``models.FlowVAE``)."""
+  kl = flow_kl(outputs['eps'], outputs['log_sigma'], outputs['log_det'], outputs['z'])
+  gen = _reconstruction_nll(x, outputs, reconstruction_loss)
+  loss = beta * kl + gen
+  return loss, {
+      'loss': loss,
+      'kl': kl,
+      'gen': gen,
+      'loggamma': outputs['loggamma'],
+      'mse': jnp.mean(jnp.square(x - outputs['x_hat'])),
+      'log_det': jnp.mean(outputs['log_det']),
+  }
+
+
+def _squared_distances(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  """‖a_i − b_j‖² [n, m], from the differences (exact, never negative)."""
+  return jnp.sum(jnp.square(a[:, None, :] - b[None, :, :]), axis=-1)
+
+
+def imq_mmd(qz: jnp.ndarray, pz: jnp.ndarray, *, scales=WAE_IMQ_SCALES,
+            prior_var: float = 1.0) -> jnp.ndarray:
+  """Unbiased MMD² estimate between codes ``qz`` [n, d] and prior draws ``pz`` [n, d].
+
+  The WAE paper's inverse multiquadratic kernel k(x, y) = C / (C + ‖x − y‖²) with
+  C = 2·d·σ_z²·s, summed over the scales s of ``scales`` (their code's 0.1 ... 10); σ_z² is
+  the prior's variance. As their ``mmd_penalty``: the within-sample terms exclude the diagonal
+  (÷ n(n − 1)), the cross term averages all n² pairs (×2 ÷ n²).
+  """
+  qz, pz = jnp.asarray(qz), jnp.asarray(pz)
+  n, d = qz.shape
+  if n < 2:
+    raise ValueError(f'imq_mmd needs at least 2 codes, got {n}')
+  off_diagonal = 1.0 - jnp.eye(n, dtype=qz.dtype)
+  d_qq, d_pp, d_qp = (_squared_distances(qz, qz), _squared_distances(pz, pz),
+                      _squared_distances(qz, pz))
+  stat = jnp.zeros((), qz.dtype)
+  for scale in scales:
+    c = 2.0 * d * prior_var * scale
+    within = (c / (c + d_qq) + c / (c + d_pp)) * off_diagonal
+    stat = stat + jnp.sum(within) / (n * (n - 1)) - 2.0 * jnp.sum(c / (c + d_qp)) / (n * n)
+  return stat
+
+
+def squared_error(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
+  """‖x − x̂‖² summed over the data dims, averaged over the batch."""
+  return jnp.sum(jnp.square(x - x_hat)) / _batch_size(x)
+
+
+def wae_mmd_loss(x: jnp.ndarray, outputs: Mapping[str, jnp.ndarray], *,
+                 lambda_mmd: float = 10.0, recon_scale: float = WAE_L2SQ_SCALE):
+  """WAE-MMD: recon_scale·‖x − x̂‖² + λ·MMD²_IMQ(z, z_prior) (outputs of a DeterministicAE)."""
+  gen = recon_scale * squared_error(x, outputs['x_hat'])
+  mmd = imq_mmd(outputs['z'], outputs['z_prior'])
+  reg = lambda_mmd * mmd
+  loss = gen + reg
+  return loss, {
+      'loss': loss,
+      'kl': reg,
+      'gen': gen,
+      'mmd': mmd,
+      'loggamma': outputs['loggamma'],
+      'mse': jnp.mean(jnp.square(x - outputs['x_hat'])),
+  }
+
+
+def kernel_l2(params: Any) -> jnp.ndarray:
+  """Σ w² over every leaf named 'kernel' (weights of dense / conv / transposed-conv layers;
+  biases and BatchNorm scales and offsets are left out, as weight decay does)."""
+  total = jnp.zeros((), jnp.float32)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    last = path[-1]
+    if getattr(last, 'key', getattr(last, 'name', None)) == 'kernel':
+      total = total + jnp.sum(jnp.square(leaf))
+  return total
+
+
+def rae_loss(x: jnp.ndarray, outputs: Mapping[str, jnp.ndarray], decoder_params: Any, *,
+             z_weight: float, decoder_l2: float):
+  """RAE-L2: ‖x − x̂‖² + z_weight·½‖z‖² + decoder_l2·Σ‖W_dec‖² (per example, batch mean)."""
+  gen = squared_error(x, outputs['x_hat'])
+  z_penalty = jnp.sum(jnp.square(outputs['z'])) / 2.0 / _batch_size(x)
+  l2 = kernel_l2(decoder_params)
+  reg = z_weight * z_penalty + decoder_l2 * l2
+  loss = gen + reg
+  return loss, {
+      'loss': loss,
+      'kl': reg,
+      'gen': gen,
+      'z_penalty': z_penalty,
+      'decoder_l2': l2,
+      'loggamma': outputs['loggamma'],
+      'mse': jnp.mean(jnp.square(x - outputs['x_hat'])),
+  }
+
+
+Objective = Callable[[jnp.ndarray, Mapping[str, jnp.ndarray], Any], Any]
+
+
+def make_objective(model: str = 'vae', *, reconstruction_loss: str = 'gaussian',
+                   beta: float = 1.0, lambda_mmd: float = 10.0,
+                   recon_scale: float = WAE_L2SQ_SCALE, z_weight: float = 0.0,
+                   decoder_l2: float = 0.0) -> Objective:
+  """(x, outputs, params) → (loss, metrics) for a stage-1 model family (``models.STAGE1_MODELS``).
+
+  'vae' is ``negative_elbo``; 'vae_flow' ``flow_negative_elbo`` (both use
+  ``reconstruction_loss`` and ``beta``); 'wae_mmd' ``wae_mmd_loss`` (``lambda_mmd``,
+  ``recon_scale``); 'rae' ``rae_loss`` (``z_weight``, ``decoder_l2``, on params['decoder']).
+  """
+  if model == 'vae':
+    return lambda x, outputs, params: negative_elbo(
+        x, outputs, reconstruction_loss=reconstruction_loss, beta=beta)
+  if model == 'vae_flow':
+    return lambda x, outputs, params: flow_negative_elbo(
+        x, outputs, reconstruction_loss=reconstruction_loss, beta=beta)
+  if model == 'wae_mmd':
+    return lambda x, outputs, params: wae_mmd_loss(
+        x, outputs, lambda_mmd=lambda_mmd, recon_scale=recon_scale)
+  if model == 'rae':
+    return lambda x, outputs, params: rae_loss(
+        x, outputs, params['decoder'], z_weight=z_weight, decoder_l2=decoder_l2)
+  raise ValueError(f"Unknown stage-1 model {model!r}; expected 'vae', 'vae_flow', 'wae_mmd' "
+                   "or 'rae'.")

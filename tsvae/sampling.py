@@ -2,7 +2,9 @@
 
 - Stage-2 samples (the Two-Stage VAE): u ~ N(0, I) → z = ẑ(u) + γ_z·ε → x = decoder-1 mean.
 - Stage-1 samples (the single-stage VAE baseline): z ~ N(0, I) → x = decoder-1 mean.
-- Reconstructions: z = μ_z(x) + σ_z(x)·ε (a sampled z, as the reference) → decoder-1 mean.
+- Reconstructions: z = μ_z(x) + σ_z(x)·ε (a sampled z, as the reference) → decoder-1 mean
+  (the model's ``posterior_sample``: through the flow for ``vae_flow``; z = μ for the
+  deterministic models, whose σ is 0).
 BatchNorm runs in inference mode throughout. With `pixel_noise=True`, x ~ N(mean, γ_x² I) is
 drawn instead of the mean and clipped to [0, 1].
 """
@@ -59,15 +61,17 @@ def _stage1_batch(model1, variables1, rng, num, latent_dim, pixel_noise):
 
 @functools.partial(jax.jit, static_argnames=('model1',))
 def _reconstruct_batch(model1, variables1, x, rng):
-  mu, sigma, _ = model1.apply(variables1, x, train=False, method=vae_lib.VAE.encode)
-  z = mu + sigma * jax.random.normal(rng, mu.shape)
+  eps = jax.random.normal(rng, (x.shape[0], model1.encoder.latent_dim))
+  # By name, so that a subclass's posterior (FlowVAE's) is the one applied.
+  z = model1.apply(variables1, x, eps, train=False, method='posterior_sample')
   return model1.apply(variables1, z, train=False, method=vae_lib.VAE.decode)
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
 def encode_batch(model, variables, x):
-  """(μ, σ) of a batch, inference mode."""
-  mu, sigma, _ = model.apply(variables, x, train=False, method=vae_lib.VAE.encode)
+  """(μ, σ) of a batch, inference mode (σ = 0 for the deterministic stage-1 models; for
+  ``vae_flow`` those of the Gaussian q(z_0|x) before the flow)."""
+  mu, sigma, _ = model.apply(variables, x, train=False, method='encode')
   return mu, sigma
 
 

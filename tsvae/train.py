@@ -1,4 +1,5 @@
-"""TrainState, the data-parallel ELBO step, and the one train loop both stages use.
+"""TrainState, the data-parallel step (the ELBO or a baseline's objective), and the one train
+loop both stages use.
 
 Data parallelism: the step is `jax.jit` over a 1-D device mesh (axis 'data'). The global batch is
 a `jax.Array` sharded along its first axis over every device of every process; the state is
@@ -132,10 +133,19 @@ def latent_input(batch: Mapping[str, jax.Array], rng: jax.Array) -> jax.Array:
 
 def make_train_step(model, *, prepare_input: Callable[..., jax.Array],
                     reconstruction_loss: str = 'gaussian', beta: float = 1.0,
-                    nan_policy: str = 'error') -> Callable[[TrainState, Any], Any]:
-  """The pure (un-jitted) ELBO step: (state, batch) → (new_state, metrics)."""
+                    nan_policy: str = 'error',
+                    objective: Optional[losses.Objective] = None
+                    ) -> Callable[[TrainState, Any], Any]:
+  """The pure (un-jitted) step: (state, batch) → (new_state, metrics).
+
+  ``objective(x, outputs, params) → (loss, metrics)`` is the loss (``losses.make_objective``
+  for the stage-1 baselines); None is the reference ELBO with ``reconstruction_loss``, ``beta``.
+  """
   if nan_policy not in NAN_POLICIES:
     raise ValueError(f'nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}')
+  if objective is None:
+    objective = losses.make_objective(
+        'vae', reconstruction_loss=reconstruction_loss, beta=beta)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -146,8 +156,7 @@ def make_train_step(model, *, prepare_input: Callable[..., jax.Array],
       outputs, updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
           rngs={'noise': noise_rng}, mutable=['batch_stats'])
-      loss, metrics = losses.negative_elbo(
-          x, outputs, reconstruction_loss=reconstruction_loss, beta=beta)
+      loss, metrics = objective(x, outputs, params)
       return loss, (metrics, updates.get('batch_stats', state.batch_stats))
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(
@@ -218,6 +227,8 @@ class StageSpec:
       epoch, starting after `skip_batches` batches; a pure function of its arguments.
     base_rng: the stage's PRNG key.
     examples_per_batch: global batch size (for examples/s).
+    objective: (x, outputs, params) → (loss, metrics); None = the ELBO of `config`
+      (reconstruction_loss, beta).
   """
   name: str
   model: Any
@@ -228,6 +239,7 @@ class StageSpec:
   epoch_batches: Callable[[int, int], Iterable[Mapping[str, np.ndarray]]]
   base_rng: jax.Array
   examples_per_batch: int
+  objective: Optional[losses.Objective] = None
 
 
 def total_steps(stage_config, steps_per_epoch: int) -> int:
@@ -306,7 +318,8 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
   step_fn = jit_train_step(
       make_train_step(spec.model, prepare_input=spec.prepare_input,
                       reconstruction_loss=spec.config.reconstruction_loss,
-                      beta=spec.config.beta, nan_policy=nan_policy), mesh)
+                      beta=spec.config.beta, nan_policy=nan_policy,
+                      objective=spec.objective), mesh)
   if step >= num_steps:  # Nothing to train: the stage is only restored.
     ckpt.close()
     return state

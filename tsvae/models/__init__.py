@@ -1,10 +1,13 @@
-"""Model registry: stage-1 architectures (InfoGAN-SN, WAE, ResNet) and the stage-2 VAE."""
+"""Model registry: stage-1 architectures (InfoGAN-SN, WAE, ResNet) and model families (the
+reference VAE, VAE + IAF, WAE-MMD, RAE), and the stage-2 VAE."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tsvae.models.baselines import (DETERMINISTIC_LOG_SIGMA, DeterministicAE,
+                                    DeterministicEncoder, FlowVAE, IAFFlow)
 from tsvae.models.infogan import InfoGANDecoder, InfoGANEncoder
 from tsvae.models.layers import ConvTranspose, conv_transpose, conv_transpose_reference
 from tsvae.models.resnet import ResNetDecoder, ResNetEncoder
@@ -13,6 +16,10 @@ from tsvae.models.vae import GAMMA_MODES, VAE
 from tsvae.models.wae import WAEDecoder, WAEEncoder
 
 STAGE1_ARCHS = ('infogan', 'wae', 'resnet')
+# Stage-1 model families (config.stage1.model): the reference VAE, VAE + IAF posterior,
+# WAE-MMD and RAE-L2 (deterministic encoders). See baselines.py and losses.make_objective.
+STAGE1_MODELS = ('vae', 'vae_flow', 'wae_mmd', 'rae')
+DETERMINISTIC_MODELS = ('wae_mmd', 'rae')
 
 _SUPPORTED_CHANNELS = (1, 3)
 _INFOGAN_SIZES = (28, 32, 64)
@@ -62,13 +69,16 @@ def check_image_shape(arch: str, image_shape: Sequence[int]) -> tuple[int, int, 
 
 
 def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
-                      gamma: Mapping[str, Any] | None = None, **arch_kwargs) -> VAE:
-  """Stage-1 VAE (``loggamma_x``) for ``arch`` in ``STAGE1_ARCHS``.
+                      gamma: Mapping[str, Any] | None = None, model: str = 'vae',
+                      model_kwargs: Mapping[str, Any] | None = None, **arch_kwargs) -> VAE:
+  """Stage-1 model (``loggamma_x``) for ``arch`` in ``STAGE1_ARCHS``, ``model`` in ``STAGE1_MODELS``.
 
   ``gamma`` holds VAE fields of the decoder variance (gamma_mode, gamma_value, loggamma_floor,
   running_mse_momentum, optimal_gamma_floor; see ``vae.py``). ``arch_kwargs`` are the ResNet knobs (num_scale, block_per_scale, depth_per_block,
   kernel_size, base_dim, fc_dim) and ``fast_vjp`` (all archs; transposed-conv backward).
+  ``model`` and ``model_kwargs``: see ``build_stage1_model``.
   """
+  _check_model(model, model_kwargs)
   shape = check_image_shape(arch, image_shape)
   fast_vjp = arch_kwargs.pop('fast_vjp', True)
   if arch == 'resnet':
@@ -88,7 +98,37 @@ def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
     else:
       encoder = WAEEncoder(latent_dim)
       decoder = WAEDecoder(shape, fast_vjp=fast_vjp)
-  return VAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x', **dict(gamma or {}))
+  return build_stage1_model(model, encoder, decoder, gamma, model_kwargs)
+
+
+def _check_model(model: str, model_kwargs: Mapping[str, Any] | None):
+  if model not in STAGE1_MODELS:
+    raise ValueError(f'unknown stage-1 model {model!r}; known models: {", ".join(STAGE1_MODELS)}')
+  known = ('flow_steps', 'flow_hidden') if model == 'vae_flow' else ()
+  unknown = sorted(set(model_kwargs or {}) - set(known))
+  if unknown:
+    raise TypeError(f'model {model!r} takes model_kwargs {list(known)}, got {unknown}')
+
+
+def build_stage1_model(model: str, encoder, decoder, gamma: Mapping[str, Any] | None = None,
+                       model_kwargs: Mapping[str, Any] | None = None) -> VAE:
+  """The stage-1 model family ``model`` (``STAGE1_MODELS``) around an encoder and a decoder.
+
+  ``gamma``: the VAE's decoder-variance fields. ``model_kwargs``: ``flow_steps``,
+  ``flow_hidden`` for ``'vae_flow'``; none for the others. The deterministic models
+  (``'wae_mmd'``, ``'rae'``) take only ``running_mse_momentum`` from ``gamma``: their γ is always
+  ½ log of a running MSE, reported and used for pixel noise only.
+  """
+  _check_model(model, model_kwargs)
+  gamma = dict(gamma or {})
+  if model == 'vae_flow':
+    return FlowVAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x', **gamma,
+                   **dict(model_kwargs or {}))
+  if model in DETERMINISTIC_MODELS:
+    return DeterministicAE(encoder=DeterministicEncoder(encoder), decoder=decoder,
+                           gamma_name='loggamma_x', gamma_mode='running_mse',
+                           running_mse_momentum=gamma.get('running_mse_momentum', 0.99))
+  return VAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x', **gamma)
 
 
 def make_stage2_model(latent_dim: int, depth: int = 3, width: int = 1024,
@@ -100,7 +140,9 @@ def make_stage2_model(latent_dim: int, depth: int = 3, width: int = 1024,
 
 
 __all__ = [
-    'GAMMA_MODES', 'STAGE1_ARCHS', 'VAE', 'check_image_shape', 'make_stage1_model', 'make_stage2_model',
+    'GAMMA_MODES', 'STAGE1_ARCHS', 'STAGE1_MODELS', 'DETERMINISTIC_MODELS', 'VAE', 'FlowVAE',
+    'DeterministicAE', 'DeterministicEncoder', 'IAFFlow', 'DETERMINISTIC_LOG_SIGMA',
+    'build_stage1_model', 'check_image_shape', 'make_stage1_model', 'make_stage2_model',
     'InfoGANEncoder', 'InfoGANDecoder', 'ResNetEncoder', 'ResNetDecoder', 'Stage2Encoder',
     'Stage2Decoder', 'WAEEncoder', 'WAEDecoder', 'ConvTranspose', 'conv_transpose', 'conv_transpose_reference',
 ]

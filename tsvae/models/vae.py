@@ -61,6 +61,15 @@ class VAE(nn.Module):
     """Returns (mu, sigma, log_sigma), each [B, latent_dim]."""
     return self.encoder(x, train=train)
 
+  def posterior_sample(self, x: Array, eps: Array, train: bool) -> Array:
+    """A draw of q(z|x) for the noise ``eps`` [B, latent_dim]: here z = μ + σ·eps.
+
+    Subclasses with another posterior override it; call it as ``method='posterior_sample'``
+    (a string, so that the override is the one applied).
+    """
+    mu, sigma, _ = self.encode(x, train)
+    return mu + sigma * eps
+
   def decode(self, z: Array, train: bool) -> Array:
     """Returns the decoder mean (sigmoid images for stage 1, z_hat for stage 2)."""
     return self.decoder(z, train=train)
