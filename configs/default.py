@@ -40,6 +40,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.stage1 = ml_collections.ConfigDict()
+  # Model family: vae (reference) | vae_flow (IAF posterior) | wae_mmd | rae (README, Baselines).
+  config.stage1.model = 'vae'
+  config.stage1.flow = ml_collections.ConfigDict()  # vae_flow (Kingma et al. 2016).
+  config.stage1.flow.num_steps = 4  # IAF steps K.
+  config.stage1.flow.hidden = 512  # Width of each step's MADE layers and of the context h.
+  config.stage1.wae = ml_collections.ConfigDict()  # wae_mmd (Tolstikhin et al. 2018).
+  config.stage1.wae.lambda_mmd = 10.0  # λ of the IMQ-kernel MMD (their MNIST and CelebA code).
+  config.stage1.wae.recon_scale = 0.05  # c(x, y) = 0.05·‖x − y‖² (their code's 'l2sq').
+  config.stage1.rae = ml_collections.ConfigDict()  # rae: RAE-L2 (Ghosh et al. 2020).
+  config.stage1.rae.z_weight = 2.45e-3  # β of β·½‖z‖² (their MNIST 1e-4, rescaled; README).
+  config.stage1.rae.decoder_l2 = 7.84e-5  # λ of λ·Σ‖W_dec‖² (their MNIST 1e-7 × 784; README).
   config.stage1.num_epochs = 400
   config.stage1.learning_rate = 1e-4
   config.stage1.lr_decay_epochs = 150  # lr halves every this many epochs.
@@ -55,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.stage1.loggamma_floor = float('-inf')  # Optional hard floor on log γ_x; off (reference).
 
   config.stage2 = ml_collections.ConfigDict()
+  config.stage2.enabled = True  # False: stage 1 only (single-stage baselines), no latents.
   config.stage2.num_epochs = 800
   config.stage2.learning_rate = 1e-4
   config.stage2.lr_decay_epochs = 300

@@ -13,6 +13,7 @@ Keys fall into two groups:
 
 import difflib
 import json
+import math
 import os
 from typing import Any, Dict, Iterable, Mapping, Tuple
 
@@ -34,6 +35,7 @@ RUN_CONTROL_KEYS = (
     'stage1.max_steps',
     'stage2.num_epochs',
     'stage2.max_steps',
+    'stage2.enabled',  # Stage 1 does not depend on it: stage 2 can be added to a finished run.
     'log_every_steps',
     'checkpoint_every_steps',
     'keep_checkpoints',
@@ -56,6 +58,11 @@ IMPLICIT_DEFAULTS = {
                        ('loggamma_floor', _NO_FLOOR))
 }
 IMPLICIT_DEFAULTS.update({'data.outlier_fraction': 0.0, 'data.outlier_seed': 0})
+IMPLICIT_DEFAULTS.update({  # Stage-1 model families (issue #4); 'vae' is the reference.
+    'stage1.model': 'vae', 'stage1.flow.num_steps': 4, 'stage1.flow.hidden': 512,
+    'stage1.wae.lambda_mmd': 10.0, 'stage1.wae.recon_scale': 0.05,
+    'stage1.rae.z_weight': 2.45e-3, 'stage1.rae.decoder_l2': 7.84e-5,
+    'stage2.enabled': True})
 _ABSENT = object()
 
 
@@ -141,6 +148,7 @@ def validate(config, *, num_devices: int, num_processes: int = 1):
                         f'{momentum}.')
   _choice(config.nan_policy, train.NAN_POLICIES, 'nan_policy')
   _check_outliers_and_gmm(config)
+  _check_stage1_model(config)
   shape = input_pipeline.image_shape(config.dataset)
   try:
     models.check_image_shape(config.arch, shape)
@@ -169,6 +177,45 @@ def _check_outliers_and_gmm(config):
   if not isinstance(components, int) or isinstance(components, bool) or components < 0:
     raise ConfigError('config.eval.expost_gmm_components must be a non-negative integer '
                       f'(0 = no ex-post GMM), got {components!r}.')
+
+
+def _check_stage1_model(config):
+  """config.stage1.model, its hyper-parameters, and the keys that do not apply to it."""
+  s1 = config.stage1
+  _choice(s1.model, models.STAGE1_MODELS, 'stage1.model')
+  if not isinstance(config.stage2.enabled, bool):
+    raise ConfigError(f'config.stage2.enabled must be True or False, got '
+                      f'{config.stage2.enabled!r}.')
+  for key in ('stage1.flow.num_steps', 'stage1.flow.hidden'):
+    value = flatten(config)[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise ConfigError(f'config.{key} must be a positive integer, got {value!r}.')
+  _positive(config, ['stage1.wae.recon_scale'])
+  for key in ('stage1.wae.lambda_mmd', 'stage1.rae.z_weight', 'stage1.rae.decoder_l2'):
+    value = flatten(config)[key]
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+        or not math.isfinite(value) or value < 0):
+      raise ConfigError(f'config.{key} must be a finite number >= 0, got {value!r}.')
+  if s1.model == 'vae_flow' and config.stage2.enabled:
+    raise ConfigError(
+        "config.stage1.model='vae_flow' needs config.stage2.enabled=False: its posterior "
+        'q(z|x) (a Gaussian pushed through an IAF) is not the Gaussian N(μ, σ²) whose '
+        '(μ, σ) stage 2 is trained on, so the extracted latents would be wrong.')
+  if s1.model == 'wae_mmd' and config.batch_size < 2:
+    raise ConfigError("config.stage1.model='wae_mmd' needs config.batch_size >= 2 (the MMD "
+                      f'compares pairs of codes), got {config.batch_size}.')
+  if s1.model in models.DETERMINISTIC_MODELS:
+    # The VAE-only keys would be silently ignored: refuse them instead.
+    defaults = {'reconstruction_loss': 'gaussian', 'beta': 1.0, 'gamma_mode': 'learned',
+                'gamma_value': 1.0, 'optimal_gamma_floor': _NO_FLOOR,
+                'loggamma_floor': _NO_FLOOR}
+    changed = [f'stage1.{k}={s1[k]!r}' for k, v in defaults.items() if s1[k] != v]
+    if changed:
+      raise ConfigError(
+          f'config.{", config.".join(changed)} has no effect with '
+          f"config.stage1.model={s1.model!r}: a deterministic autoencoder has no KL and no "
+          'decoder variance in its loss (γ is only reported, as ½ log of a running MSE). '
+          'Leave these keys at their defaults.')
 
 
 def check_workdir(config, workdir: str):

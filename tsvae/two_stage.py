@@ -1,5 +1,8 @@
 """The whole Two-Stage VAE run: stage 1 → latent extraction → stage 2 → sample grids.
 
+With ``config.stage2.enabled=False`` (the single-stage baselines) the run is stage 1 → the
+stage-1 sample and reconstruction grids: no latents, no stage 2, no stage-2 grid.
+
 Each phase leaves a durable record in the workdir and is skipped when a rerun finds it:
 
   <workdir>/config.json              the experiment this workdir holds (checked on every run)
@@ -27,6 +30,7 @@ from tsvae import faults
 from tsvae import fileio
 from tsvae import images
 from tsvae import input_pipeline
+from tsvae import losses
 from tsvae import models
 from tsvae import sampling
 from tsvae import train
@@ -41,6 +45,23 @@ def gamma_fields(stage_config) -> Dict[str, Any]:
   """The VAE's decoder-variance fields from a stage config."""
   return {k: stage_config[k] for k in ('gamma_mode', 'gamma_value', 'loggamma_floor',
                                        'running_mse_momentum', 'optimal_gamma_floor')}
+
+
+def stage1_model_kwargs(config) -> Dict[str, Any]:
+  """``make_stage1_model``'s model and model_kwargs for ``config.stage1.model``."""
+  s1 = config.stage1
+  kwargs = {'flow_steps': s1.flow.num_steps, 'flow_hidden': s1.flow.hidden} if (
+      s1.model == 'vae_flow') else {}
+  return {'model': s1.model, 'model_kwargs': kwargs}
+
+
+def stage1_objective(config) -> losses.Objective:
+  """The stage-1 loss of ``config.stage1.model`` (``losses.make_objective``)."""
+  s1 = config.stage1
+  return losses.make_objective(
+      s1.model, reconstruction_loss=s1.reconstruction_loss, beta=s1.beta,
+      lambda_mmd=s1.wae.lambda_mmd, recon_scale=s1.wae.recon_scale,
+      z_weight=s1.rae.z_weight, decoder_l2=s1.rae.decoder_l2)
 
 
 def _barrier(name: str):
@@ -68,7 +89,7 @@ class Experiment:
     arch_kwargs = dict(config.resnet) if config.arch == 'resnet' else {}
     self.model1 = models.make_stage1_model(
         config.arch, self.image_shape, config.latent_dim, gamma=gamma_fields(config.stage1),
-        **arch_kwargs)
+        **stage1_model_kwargs(config), **arch_kwargs)
     self.model2 = models.make_stage2_model(
         config.latent_dim, config.stage2.depth, config.stage2.width,
         gamma=gamma_fields(config.stage2))
@@ -127,7 +148,7 @@ class Experiment:
         example_input=np.zeros((local_batch,) + tuple(self.image_shape), np.float32),
         steps_per_epoch=steps, epoch_batches=epoch_batches,
         base_rng=jax.random.fold_in(self.root_rng, _STAGE1_STREAM),
-        examples_per_batch=c.batch_size)
+        examples_per_batch=c.batch_size, objective=stage1_objective(c))
 
   def stage2_spec(self) -> train.StageSpec:
     c = self.config
@@ -214,14 +235,18 @@ class Experiment:
 
   # ------------------------------------------------------------------------- sampling
 
-  def write_samples(self, state1, state2) -> Dict[str, str]:
+  def write_samples(self, state1, state2=None) -> Dict[str, str]:
+    """The sample grids; without ``state2`` (stage 2 disabled) no stage-2 grid."""
     c = self.config
     n = c.sampling.num_grid_images
-    v1, v2 = sampling.variables_of(state1), sampling.variables_of(state2)
+    v1 = sampling.variables_of(state1)
     rng = jax.random.fold_in(self.root_rng, _SAMPLING_STREAM)
     r2, r1, rr = jax.random.split(rng, 3)
-    stage2 = sampling.generate_stage2(self.model1, v1, self.model2, v2, r2, n,
-                                      pixel_noise=c.sampling.pixel_noise)
+    stage2 = None
+    if state2 is not None:
+      stage2 = sampling.generate_stage2(self.model1, v1, self.model2,
+                                        sampling.variables_of(state2), r2, n,
+                                        pixel_noise=c.sampling.pixel_noise)
     stage1 = sampling.generate_stage1(self.model1, v1, r1, n, latent_dim=c.latent_dim,
                                       pixel_noise=c.sampling.pixel_noise)
     num_originals = max(1, n // 2)
@@ -234,14 +259,17 @@ class Experiment:
         'stage1_samples': os.path.join(self.workdir, SAMPLES_DIR, 'stage1_samples.png'),
         'reconstructions': os.path.join(self.workdir, SAMPLES_DIR, 'reconstructions.png'),
     }
+    if stage2 is None:
+      del paths['stage2_samples']
     if jax.process_index() == 0:
       cols = int(np.ceil(np.sqrt(n)))
-      images.save_grid(paths['stage2_samples'], stage2, cols)
+      if stage2 is not None:
+        images.save_grid(paths['stage2_samples'], stage2, cols)
       faults.kill_here('samples.write')
       images.save_grid(paths['stage1_samples'], stage1, cols)
       images.save_grid(paths['reconstructions'], images.interleave(originals, recons),
                        cols + cols % 2)
-      logging.info('Wrote sample grids to %s', os.path.dirname(paths['stage2_samples']))
+      logging.info('Wrote sample grids to %s', os.path.dirname(paths['stage1_samples']))
     return paths
 
   # ------------------------------------------------------------------------- all
@@ -250,11 +278,15 @@ class Experiment:
     if jax.process_index() == 0:
       config_lib.record_config(self.config, self.workdir)
     state1 = self.run_stage(self.stage1_spec())
-    self.extract_latents(state1)
-    state2 = self.run_stage(self.stage2_spec())
+    state2 = None
+    if self.config.stage2.enabled:
+      self.extract_latents(state1)
+      state2 = self.run_stage(self.stage2_spec())
+    else:
+      logging.info('stage2.enabled=False: no latent extraction, no stage 2.')
     paths = self.write_samples(state1, state2)
     result = {'state1': state1, 'state2': state2, 'samples': paths}
-    if self.config.eval.enabled:
+    if self.config.eval.enabled:  # state2 None: the evaluation's single-stage mode.
       from tsvae import evaluate  # pylint: disable=g-import-not-at-top  (avoids an import cycle)
       result['eval'] = evaluate.evaluate_experiment(self, state1, state2)
     return result
