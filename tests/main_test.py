@@ -197,6 +197,10 @@ def test_mean_vs_ancestral_grid(mock_run):
   assert grid.shape[0] == single.shape[0] and grid.shape[1] == 2 * single.shape[1] + 8
   left, right = grid[:, :single.shape[1]], grid[:, -single.shape[1]:]
   assert not np.array_equal(left, right)  # Pixel noise (γ_x ≈ 1 after a few steps) shows.
+  # A single-stage model (no stage 2): the same grid from stage-1 prior samples.
+  single_stage = sample.write_mean_vs_ancestral(experiment, result['state1'], None)
+  grid1 = np.asarray(Image.open(single_stage))
+  assert grid1.shape == grid.shape and not np.array_equal(grid1, grid)
 
 
 def test_keys_added_later_at_their_implicit_default_keep_old_workdirs_valid(mock_run):
