@@ -4,7 +4,6 @@ import json
 import math
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+import testdata
 from testdata import tiny_config
 from tsvae import checkpointing
 from tsvae import config_lib
@@ -344,38 +344,8 @@ def test_new_keys_at_their_defaults_keep_old_workdirs(tmp_path):
       tiny_config(stage1__rae__z_weight=1e-3))
 
 
-class _TinyEncoder(nn.Module):
-  """Images → (μ, σ, log σ), one dense layer each: a stand-in whose train step compiles in a
-  second (compiling InfoGAN's takes most of a minute on a loaded 2-core machine)."""
-  latent_dim: int
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    del train
-    h = x.reshape((x.shape[0], -1))
-    log_sigma = nn.Dense(self.latent_dim)(h)
-    return nn.Dense(self.latent_dim)(h), jnp.exp(log_sigma), log_sigma
-
-
-class _TinyDecoder(nn.Module):
-  shape: tuple
-
-  @nn.compact
-  def __call__(self, z, train=False):
-    del train
-    return nn.sigmoid(nn.Dense(int(np.prod(self.shape)))(z)).reshape((-1,) + self.shape)
-
-
-def _tiny_stage1_model(arch, image_shape, latent_dim, gamma=None, model='vae',
-                       model_kwargs=None, **arch_kwargs):
-  """make_stage1_model with the tiny nets: the model family is built by the real code."""
-  del arch, arch_kwargs
-  return models.build_stage1_model(model, _TinyEncoder(latent_dim),
-                                   _TinyDecoder(tuple(image_shape)), gamma, model_kwargs)
-
-
 def test_single_stage_run_writes_stage1_grids_only(tmp_path, monkeypatch):
-  monkeypatch.setattr(models, 'make_stage1_model', _tiny_stage1_model)
+  monkeypatch.setattr(models, 'make_stage1_model', testdata.tiny_stage1_model)
   workdir = str(tmp_path / 'run')
   config = tiny_config(stage1__model='rae', stage2__enabled=False, batch_size=4,
                        stage1__max_steps=2, sampling__num_grid_images=4, log_every_steps=1)

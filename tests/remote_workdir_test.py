@@ -14,14 +14,13 @@ import io
 import json
 import uuid
 
-import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import testdata
 from testdata import tiny_config
 from tsvae import checkpointing
 from tsvae import config_lib
@@ -286,35 +285,6 @@ def test_truncated_or_missing_latent_files_are_refused(ram):
 # ------------------------------------------------------------------------------- a whole run
 
 
-class _TinyEncoder(nn.Module):
-  """x → (μ, σ, log σ) with one dense layer each (the run's I/O is what is tested here)."""
-  latent_dim: int
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    del train
-    h = x.reshape((x.shape[0], -1))
-    mu = nn.Dense(self.latent_dim)(h)
-    log_sigma = nn.Dense(self.latent_dim)(h)
-    return mu, jnp.exp(log_sigma), log_sigma
-
-
-class _TinyDecoder(nn.Module):
-  shape: tuple
-
-  @nn.compact
-  def __call__(self, z, train=False):
-    del train
-    x = nn.Dense(int(np.prod(self.shape)))(z)
-    return nn.sigmoid(x).reshape((z.shape[0],) + tuple(self.shape))
-
-
-def _tiny_stage1_model(arch, image_shape, latent_dim, gamma=None, **kwargs):
-  del arch, kwargs
-  return models.VAE(encoder=_TinyEncoder(latent_dim), decoder=_TinyDecoder(tuple(image_shape)),
-                    gamma_name='loggamma_x', **dict(gamma or {}))
-
-
 def test_tiny_run_on_a_remote_workdir(ram, tmp_path, monkeypatch):
   """two_stage.run with its workdir on ram://, Orbax's checkpoints in a local folder.
 
@@ -331,7 +301,7 @@ def test_tiny_run_on_a_remote_workdir(ram, tmp_path, monkeypatch):
       super().__init__(str(local_checkpoints), stage, **kwargs)
 
   monkeypatch.setattr(checkpointing, 'StageCheckpointer', LocalCheckpointer)
-  monkeypatch.setattr(models, 'make_stage1_model', _tiny_stage1_model)
+  monkeypatch.setattr(models, 'make_stage1_model', testdata.tiny_stage1_model)
   workdir = f'{ram}/run'
   config = tiny_config(stage1__max_steps=2, stage2__num_epochs=1, stage2__max_steps=2,
                        sampling__num_grid_images=4)

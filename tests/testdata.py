@@ -75,3 +75,44 @@ def eval_overrides(cache_dir, num_samples=32):
   """tiny_config overrides for a quick offline evaluation (no Inception download)."""
   return dict(eval__enabled=True, eval__num_samples=num_samples, eval__cache_dir=cache_dir,
               eval__allow_download=False, eval__classifier_epochs=1, eval__batch_size=64)
+
+
+# ------------------------------------------------------------- a stand-in stage-1 network
+# Compiling the real InfoGAN train step takes most of a minute on a loaded 2-core machine; tests
+# whose subject is a whole run's bookkeeping (I/O, single-stage runs) patch
+# `models.make_stage1_model` with `tiny_stage1_model`. The model family around the nets is still
+# built by the real code; tests/main_test.py runs the real nets end to end.
+
+import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class TinyEncoder(nn.Module):
+  """Images → (μ, σ, log σ), one dense layer each."""
+  latent_dim: int
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    h = x.reshape((x.shape[0], -1))
+    log_sigma = nn.Dense(self.latent_dim)(h)
+    return nn.Dense(self.latent_dim)(h), jnp.exp(log_sigma), log_sigma
+
+
+class TinyDecoder(nn.Module):
+  """z → sigmoid(one dense layer), reshaped to the image shape."""
+  shape: tuple
+
+  @nn.compact
+  def __call__(self, z, train=False):
+    del train
+    return nn.sigmoid(nn.Dense(int(np.prod(self.shape)))(z)).reshape((-1,) + tuple(self.shape))
+
+
+def tiny_stage1_model(arch, image_shape, latent_dim, gamma=None, model='vae', model_kwargs=None,
+                      **arch_kwargs):
+  """`models.make_stage1_model` with the tiny nets (same signature)."""
+  from tsvae import models  # pylint: disable=g-import-not-at-top
+  del arch, arch_kwargs
+  return models.build_stage1_model(model, TinyEncoder(latent_dim),
+                                   TinyDecoder(tuple(image_shape)), gamma, model_kwargs)
