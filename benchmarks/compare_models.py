@@ -204,7 +204,9 @@ def model_record(args, dataset: str, model: str, runs: dict, commit: str) -> dic
       'model': model, 'description': description, 'dataset': dataset, 'run': run,
       'samples_metric': metric, 'metric_label': 'proxy Fréchet classifier distance (not FID)',
       'epochs_stage1': args.epochs,
-      'epochs_stage2': args.stage2_epochs if run == 'two_stage' else 0,
+      # Only the two-stage VAE is trained (and sampled) through stage 2; the other rows of its
+      # run are its stage 1 alone.
+      'epochs_stage2': args.stage2_epochs if model == 'two_stage_vae' else 0,
       'num_samples': args.num_samples, 'seeds': args.seeds, 'per_seed': per_seed,
       'summary': summary, 'config_overrides': runs[(dataset, run, args.seeds[0])]['overrides'],
       'commit': commit,

@@ -54,6 +54,7 @@ def test_rows_read_their_runs_metric_and_aggregate_over_seeds(tmp_path):
   assert rae['summary']['proxy_fd_samples']['mean'] == 26.0
   assert rae['summary']['active_dims']['mean'] is None  # deterministic encoder: no σ.
   assert rae['epochs_stage2'] == 0 and by_model['two_stage_vae']['epochs_stage2'] == 5
+  assert by_model['vae_learned_gamma']['epochs_stage2'] == 0
   saved = json.loads((out_dir / 'mnist_rae_gmm.json').read_text())
   assert saved['per_seed'][1]['wall_time_s'] == 61.0
   text = readme.read_text()
