@@ -226,12 +226,16 @@ def _cell(stat, digits=1):
 
 def markdown_table(records, commit: str, args) -> str:
   seeds = len(args.seeds)
+  run_commits = sorted({s['run_commit'] for r in records for s in r['per_seed']
+                        if s.get('run_commit')})
+  if run_commits:  # The code the runs trained with (a rerun that reuses them may be later).
+    commit = ', '.join(c[:10] for c in run_commits)
   lines = [
       f'Budget: {args.epochs} stage-1 epoch(s) for every model (+ {args.stage2_epochs} stage-2 '
       f'epoch(s) for the two-stage VAE); {seeds} seed(s) '
       f'({", ".join(map(str, args.seeds))}){" — mean ± std" if seeds > 1 else ""}; '
-      f'{args.num_samples} samples vs {args.num_samples} test images; commit '
-      f'`{(commit or "unknown")[:10]}`; produced by `benchmarks/compare_models.py`. '
+      f'{args.num_samples} samples vs {args.num_samples} test images; runs trained at commit '
+      f'`{(commit or "unknown")[:22]}`; produced by `benchmarks/compare_models.py`. '
       'FD = proxy Fréchet classifier distance (lower is better; not comparable to FID). '
       'Wall time is the whole `tsvae.main` run the row comes from (training + evaluation).',
       '',
