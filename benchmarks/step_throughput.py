@@ -404,11 +404,16 @@ def main(argv=None):
       'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
       'note': args.note,
   }
+  return write_record(record, args.out)
+
+
+def write_record(record: dict, out: str) -> dict:
+  """Prints the benchmark record as JSON and, when `out` is set, writes it there."""
   text = json.dumps(record, indent=1)
   print(text)
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, 'w') as f:
       f.write(text + '\n')
   return record
 

@@ -75,13 +75,7 @@ def main(argv=None):
       'git': step_throughput.git_commit(),
       'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
   }
-  text = json.dumps(record, indent=1)
-  print(text)
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-      f.write(text + '\n')
-  return record
+  return step_throughput.write_record(record, args.out)
 
 
 if __name__ == '__main__':
