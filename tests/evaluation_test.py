@@ -452,6 +452,29 @@ def test_proxy_classifier_is_trained_once_then_cached(tmp_path, monkeypatch):
                                           batch_size=16)
     assert again.cache_key == key and again.test_accuracy == clf.test_accuracy
     np.testing.assert_allclose(again.features(images[:20]), feats, rtol=1e-6)
+    # Only the finished files stay behind.
+    assert sorted(os.listdir(tmp_path / 'classifiers' / key)) == ['classifier.json',
+                                                                  'params.msgpack']
+    # A cache miss says what the entries beside the wanted one differ in.
+    recipe2 = classifier_lib.recipe_for('mnist', epochs=2)
+    fingerprint = meta['test_fingerprint_sha256']
+    key2 = classifier_lib._cache_key(recipe2, 0, fingerprint)
+    lines = classifier_lib.other_cached(str(tmp_path), 'mnist', 0, key2, recipe2, fingerprint)
+    assert lines == [f"{key.split('/')[1]} (trained): recipe: epochs 1 (wanted 2)"]
+    other = classifier_lib.other_cached(str(tmp_path), 'mnist', 0, key2, recipe2, '0' * 64)
+    assert 'other test data' in other[0] and 'epochs 1 (wanted 2)' in other[0]
+    assert classifier_lib.other_cached(str(tmp_path), 'mnist', 1, key2, recipe2,
+                                       fingerprint) == []
+    # An unfinished training is described by its training.json; a stray folder is named.
+    unfinished = tmp_path / 'classifiers' / 'mnist_seed0' / 'aaaa'
+    unfinished.mkdir()
+    (unfinished / 'training.json').write_text(json.dumps(
+        {'format_version': meta['format_version'], 'recipe': recipe2.to_json(),
+         'test_fingerprint_sha256': fingerprint}))
+    (tmp_path / 'classifiers' / 'mnist_seed0' / 'zzzz').mkdir()
+    lines = classifier_lib.other_cached(str(tmp_path), 'mnist', 0, 'bbbb', recipe2, fingerprint)
+    assert lines[0] == 'aaaa (unfinished): same inputs, other key'
+    assert lines[2] == 'zzzz: no classifier.json or training.json'
   with pytest.raises(classifier_lib.ClassifierUnavailable, match='celeba'):
     classifier_lib.recipe_for('celeba')
 

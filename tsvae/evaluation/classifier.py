@@ -7,7 +7,8 @@ then cached, so every experiment on a dataset is measured with the same network:
 
     <cache_dir>/classifiers/<dataset>_seed<seed>/<key>/params.msgpack, classifier.json
 
-(plus `training.msgpack` while training: a killed training resumes at its last epoch).
+(plus `training.msgpack` and `training.json` while training: a killed training resumes at its
+last epoch, and `training.json` says what the unfinished network is).
 `<key>` hashes the recipe and a fingerprint of the labelled test split, so a changed recipe,
 or other data under the same name (tfds mock data in tests), never reuses a network trained
 for something else. `classifier.json` (written last, atomically) records the test accuracy,
@@ -44,6 +45,7 @@ NUM_CLASSES = 10
 _PARAMS_FILE = 'params.msgpack'
 _META_FILE = 'classifier.json'
 _TRAINING_FILE = 'training.msgpack'  # Per-epoch state of an unfinished training.
+_TRAINING_META_FILE = 'training.json'  # Recipe, seed and test fingerprint of that training.
 _FORMAT_VERSION = 1
 
 
@@ -326,6 +328,45 @@ def _try_load(directory: str, dataset: str, recipe: Recipe,
   return Classifier(dataset, recipe, variables, meta, batch_size)
 
 
+def _json_diff(wanted: Dict[str, Any], other: Dict[str, Any]) -> str:
+  keys = sorted(set(wanted) | set(other))
+  return ', '.join(f'{k} {other.get(k)!r} (wanted {wanted.get(k)!r})' for k in keys
+                   if wanted.get(k) != other.get(k))
+
+
+def other_cached(cache_dir: str, dataset: str, seed: int, key: str, recipe: Recipe,
+                 test_fingerprint: str) -> Sequence[str]:
+  """Why each other cache entry of `dataset`/`seed` is not the wanted `key`, one line each.
+
+  A cache miss retrains for tens of minutes, so the log says what the entries that were there
+  differ in (a recipe override such as `epochs`, other test data, an unfinished training).
+  """
+  parent = os.path.dirname(cache_dir_for(cache_dir, dataset, seed, key))
+  if not fileio.exists(parent):
+    return []
+  lines = []
+  for name in sorted(fileio.listdir(parent)):
+    if name == key:
+      continue
+    meta = (fileio.read_json(os.path.join(parent, name, _META_FILE)) or
+            fileio.read_json(os.path.join(parent, name, _TRAINING_META_FILE)))
+    if meta is None:
+      lines.append(f'{name}: no {_META_FILE} or {_TRAINING_META_FILE}')
+      continue
+    state = 'trained' if 'test_accuracy' in meta else 'unfinished'
+    why = []
+    if meta.get('recipe') != recipe.to_json():
+      why.append('recipe: ' + _json_diff(recipe.to_json(), meta.get('recipe') or {}))
+    if meta.get('test_fingerprint_sha256') != test_fingerprint:
+      why.append('other test data (fingerprint '
+                 f'{str(meta.get("test_fingerprint_sha256"))[:12]}, wanted '
+                 f'{test_fingerprint[:12]})')
+    if meta.get('format_version') != _FORMAT_VERSION:
+      why.append(f'format {meta.get("format_version")} (wanted {_FORMAT_VERSION})')
+    lines.append(f'{name} ({state}): ' + ('; '.join(why) or 'same inputs, other key'))
+  return lines
+
+
 def get_classifier(builder, dataset: str, *, cache_dir: str, seed: int = 0, epochs: int = -1,
                    batch_size: int = 500, write: bool = True,
                    test_data: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Classifier:
@@ -354,9 +395,17 @@ def get_classifier(builder, dataset: str, *, cache_dir: str, seed: int = 0, epoc
     return cached
   logging.info('Training the %s proxy classifier (%d epochs); it is cached in %s.', dataset,
                recipe.epochs, directory)
+  for line in other_cached(cache_dir, dataset, seed, key, recipe, fingerprint):
+    logging.info('  not used, cached beside it: %s', line)
   train_images, train_labels = load_labeled(builder, 'train', dataset)
   start = time.time()
   checkpoint = os.path.join(directory, _TRAINING_FILE) if write else None
+  training_meta = os.path.join(directory, _TRAINING_META_FILE)
+  if write and not fileio.exists(training_meta):
+    fileio.atomic_write_json(training_meta, {
+        'format_version': _FORMAT_VERSION, 'dataset': dataset, 'seed': int(seed),
+        'recipe': recipe.to_json(), 'test_fingerprint_sha256': fingerprint,
+        'started': time.strftime('%Y-%m-%dT%H:%M:%S%z')})
   variables = jax.device_get(train(train_images, train_labels, recipe, seed,
                                    checkpoint_path=checkpoint))
   train_time = time.time() - start
@@ -385,6 +434,6 @@ def get_classifier(builder, dataset: str, *, cache_dir: str, seed: int = 0, epoc
     meta['params_sha256'] = hashlib.sha256(blob).hexdigest()
     fileio.atomic_write_bytes(os.path.join(directory, _PARAMS_FILE), blob)
     fileio.atomic_write_json(os.path.join(directory, _META_FILE), meta)
-    if os.path.exists(checkpoint):
-      os.remove(checkpoint)
+    for leftover in (checkpoint, training_meta):
+      fileio.remove(leftover)
   return classifier
