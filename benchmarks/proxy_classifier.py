@@ -21,6 +21,13 @@ from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Before JAX/TensorFlow start their threads: XLA:CPU's per-step temp buffers stay mapped
+# (tsvae/hostmem.py; TSVAE_TUNE_MALLOC=0 turns it off).
+from tsvae import hostmem  # pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
+
+_MALLOC = hostmem.tune_malloc_for_training()
+
+
 from tsvae import fileio  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae.evaluation import classifier  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -63,6 +70,8 @@ def main(argv):
       'accuracy_bar': BARS.get(FLAGS.dataset),
       'meets_bar': clf.test_accuracy >= BARS.get(FLAGS.dataset, 0.0),
       'train_time_s': clf.meta.get('train_time_s'),
+      'resumed_at_epoch': clf.meta.get('resumed_at_epoch', 0),
+      'training_started': clf.meta.get('training_started'),
       'wall_time_s_this_call': round(wall, 1),
       'recipe': clf.recipe.to_json(),
       'cache_key': clf.cache_key,
@@ -71,6 +80,7 @@ def main(argv):
                   'cpu_count': os.cpu_count(), 'jax_backend': jax.default_backend(),
                   'jax_devices': [str(d) for d in jax.devices()], 'jax': jax.__version__},
       'load_average_1_5_15min_at_end': list(os.getloadavg()),
+      'malloc_tuned': _MALLOC['applied'],
       'date': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
   }
   text = json.dumps(result, indent=2, sort_keys=True)

@@ -39,6 +39,7 @@ from tsvae import checkpointing
 from tsvae import config_lib
 from tsvae import faults
 from tsvae import fileio
+from tsvae import hostmem
 from tsvae import input_pipeline
 from tsvae import sampling
 from tsvae.evaluation import classifier as classifier_lib
@@ -532,6 +533,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   metric_logging.quiet_library_logs()
+  # The classifier training and the feature passes allocate large temp buffers per step too;
+  # JAX is already imported here, so only the large-block setting takes effect (see hostmem).
+  tuned = hostmem.tune_malloc_for_training()
+  logging.info('Host malloc tuned for XLA:CPU temp buffers: %s (%s=0 turns it off).',
+               tuned['applied'], hostmem.ENV_SWITCH)
   try:
     evaluate_from_flags(flags.FLAGS)
   except (config_lib.ConfigError, input_pipeline.DataError,

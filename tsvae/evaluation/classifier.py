@@ -401,11 +401,17 @@ def get_classifier(builder, dataset: str, *, cache_dir: str, seed: int = 0, epoc
   start = time.time()
   checkpoint = os.path.join(directory, _TRAINING_FILE) if write else None
   training_meta = os.path.join(directory, _TRAINING_META_FILE)
-  if write and not fileio.exists(training_meta):
+  started = (fileio.read_json(training_meta) or {}).get('started')
+  resumed_at_epoch = 0
+  if checkpoint and os.path.exists(checkpoint):
+    with open(checkpoint, 'rb') as f:
+      resumed_at_epoch = int(flax.serialization.msgpack_restore(f.read())['epoch'])
+  if write and started is None:
+    started = time.strftime('%Y-%m-%dT%H:%M:%S%z')
     fileio.atomic_write_json(training_meta, {
         'format_version': _FORMAT_VERSION, 'dataset': dataset, 'seed': int(seed),
         'recipe': recipe.to_json(), 'test_fingerprint_sha256': fingerprint,
-        'started': time.strftime('%Y-%m-%dT%H:%M:%S%z')})
+        'started': started})
   variables = jax.device_get(train(train_images, train_labels, recipe, seed,
                                    checkpoint_path=checkpoint))
   train_time = time.time() - start
@@ -418,7 +424,9 @@ def get_classifier(builder, dataset: str, *, cache_dir: str, seed: int = 0, epoc
       'test_fingerprint_sha256': fingerprint,
       'num_train': int(len(train_images)),
       'num_test': int(len(test_images)),
-      'train_time_s': round(train_time, 1),
+      'train_time_s': round(train_time, 1),  # This call's; see resumed_at_epoch.
+      'resumed_at_epoch': resumed_at_epoch,
+      'training_started': started,
       'jax_version': jax.__version__,
       'backend': jax.default_backend(),
       'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
