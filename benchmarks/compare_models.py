@@ -42,6 +42,10 @@ import sys
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.join(REPO_ROOT, 'benchmarks') not in sys.path:
+  sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+
+import step_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position  (git_commit)
 
 # run name -> config overrides (besides the budget) of that run.
 RUNS = {
@@ -106,14 +110,6 @@ def parse_args(argv=None):
   return args
 
 
-def _git_commit():
-  try:
-    return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True,
-                          text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
-
-
 def run_overrides(args, dataset: str, run: str, seed: int) -> dict:
   """All `--config.*` overrides of one run (budget, data, seed, the run's own keys)."""
   o = {
@@ -156,7 +152,8 @@ def run_once(args, dataset: str, run: str, seed: int) -> dict:
       raise RuntimeError(f'{dataset}/{run} seed {seed} failed (exit {proc.returncode}); see '
                          f'{workdir}/compare_run.log')
     with open(timing_path, 'w') as f:
-      json.dump({'wall_time_s': round(wall, 1), 'command': cmd, 'commit': _git_commit(),
+      json.dump({'wall_time_s': round(wall, 1), 'command': cmd,
+                 'commit': step_throughput.git_commit()['commit'],
                  'loadavg_at_end': list(os.getloadavg())}, f)
   with open(metrics_path) as f:
     metrics = json.load(f)
@@ -276,7 +273,7 @@ def main(argv=None):
     for seed in args.seeds:
       for run in needed_runs:
         runs[(dataset, run, seed)] = run_once(args, dataset, run, seed)
-  commit = _git_commit()
+  commit = step_throughput.git_commit()['commit']
   records = []
   os.makedirs(args.out_dir, exist_ok=True)
   for dataset in args.datasets:

@@ -11,7 +11,6 @@ Accuracy bars of the project: MNIST >= 0.99, Fashion-MNIST >= 0.91, CIFAR-10 (JP
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -31,6 +30,7 @@ _MALLOC = hostmem.tune_malloc_for_training()
 from tsvae import fileio  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae.evaluation import classifier  # pylint: disable=g-import-not-at-top,wrong-import-position
+import step_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position  (git_commit; this folder is on sys.path)
 
 flags.DEFINE_string('dataset', 'mnist', 'mnist | fashion_mnist | cifar10')
 flags.DEFINE_string('manual_dir', '', 'Local copies of the data (tsvae.datasets).')
@@ -42,15 +42,6 @@ flags.DEFINE_string('out', '', 'JSON result path ('' = print only).')
 FLAGS = flags.FLAGS
 
 BARS = {'mnist': 0.99, 'fashion_mnist': 0.91, 'cifar10': 0.80}
-
-
-def _commit():
-  try:
-    return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.abspath(__file__)),
-                          check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
 
 
 def main(argv):
@@ -75,7 +66,7 @@ def main(argv):
       'wall_time_s_this_call': round(wall, 1),
       'recipe': clf.recipe.to_json(),
       'cache_key': clf.cache_key,
-      'commit': _commit(),
+      'commit': step_throughput.git_commit()['commit'],
       'machine': {'platform': platform.platform(), 'processor': platform.processor(),
                   'cpu_count': os.cpu_count(), 'jax_backend': jax.default_backend(),
                   'jax_devices': [str(d) for d in jax.devices()], 'jax': jax.__version__},
