@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tsvae import hostmem
 from tsvae import models
 from tsvae import train
 from tsvae.models import layers
@@ -257,6 +258,10 @@ print(json.dumps(status))
 
   on, off = run('1'), run('0')
   assert off == {'applied': False, 'late': False, 'faults_second': off['faults_second']}
+  assert hostmem.describe(off).startswith('Host malloc tuned for XLA:CPU temp buffers: False ')
+  assert hostmem.describe({'applied': True, 'late': True}) == (
+      'Host malloc tuned for XLA:CPU temp buffers: True (after JAX import) '
+      '(TSVAE_TUNE_MALLOC=0 turns it off).')
   if not on['applied']:
     pytest.skip('not glibc: the allocator setting does not apply')
   assert not on['late']

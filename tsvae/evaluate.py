@@ -535,9 +535,7 @@ def main(argv):
   metric_logging.quiet_library_logs()
   # The classifier training and the feature passes allocate large temp buffers per step too;
   # JAX is already imported here, so only the large-block setting takes effect (see hostmem).
-  tuned = hostmem.tune_malloc_for_training()
-  logging.info('Host malloc tuned for XLA:CPU temp buffers: %s (%s=0 turns it off).',
-               tuned['applied'], hostmem.ENV_SWITCH)
+  logging.info(hostmem.describe(hostmem.tune_malloc_for_training()))
   try:
     evaluate_from_flags(flags.FLAGS)
   except (config_lib.ConfigError, input_pipeline.DataError,

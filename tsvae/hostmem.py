@@ -52,3 +52,9 @@ def tune_malloc_for_training() -> dict:
     return {'applied': False, 'late': False}
   late = 'jax' in sys.modules or 'tensorflow' in sys.modules
   return {'applied': tune_malloc(), 'late': late}
+
+
+def describe(result: dict) -> str:
+  """The log line for a `tune_malloc_for_training` result."""
+  return (f"Host malloc tuned for XLA:CPU temp buffers: {result['applied']}"
+          f"{' (after JAX import)' if result['late'] else ''} ({ENV_SWITCH}=0 turns it off).")

@@ -56,9 +56,7 @@ def main(argv):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  logging.info('Host malloc tuned for XLA:CPU temp buffers: %s%s (%s=0 turns it off).',
-               _MALLOC['applied'], ' (after JAX import)' if _MALLOC['late'] else '',
-               hostmem.ENV_SWITCH)
+  logging.info(hostmem.describe(_MALLOC))
   logging.info('JAX %s: %d process(es), %d local / %d global devices (%s)', jax.__version__,
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
