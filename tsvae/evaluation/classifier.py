@@ -344,6 +344,7 @@ def other_cached(cache_dir: str, dataset: str, seed: int, key: str, recipe: Reci
   parent = os.path.dirname(cache_dir_for(cache_dir, dataset, seed, key))
   if not fileio.exists(parent):
     return []
+  wanted_recipe = recipe.to_json()
   lines = []
   for name in sorted(fileio.listdir(parent)):
     if name == key:
@@ -355,8 +356,8 @@ def other_cached(cache_dir: str, dataset: str, seed: int, key: str, recipe: Reci
       continue
     state = 'trained' if 'test_accuracy' in meta else 'unfinished'
     why = []
-    if meta.get('recipe') != recipe.to_json():
-      why.append('recipe: ' + _json_diff(recipe.to_json(), meta.get('recipe') or {}))
+    if meta.get('recipe') != wanted_recipe:
+      why.append('recipe: ' + _json_diff(wanted_recipe, meta.get('recipe') or {}))
     if meta.get('test_fingerprint_sha256') != test_fingerprint:
       why.append('other test data (fingerprint '
                  f'{str(meta.get("test_fingerprint_sha256"))[:12]}, wanted '
