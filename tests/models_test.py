@@ -339,6 +339,72 @@ def test_batch_norm_momentum_and_eval():
                          variables['batch_stats'])
 
 
+def test_zero_debias_batch_norm_matches_tf1_assign_moving_average_by_hand():
+  """TF1 zero_debias, computed by hand in float64: biased EMA b_t = d·b_{t-1} + (1 − d)·x_t
+  from b_0 = 0, moving value b_t / (1 − d^t). Inference normalises with that value."""
+  batches = [np.asarray(jax.random.normal(jax.random.key(i), (16, 5))) * (1.0 + i) + 2.0 - i
+             for i in range(4)]
+
+  class Net(nn.Module):
+
+    @nn.compact
+    def __call__(self, x, train):
+      return layers.batch_norm(train, name='bn', zero_debias=True)(x)
+
+  net = Net()
+  variables = net.init(jax.random.key(1), batches[0], train=False)
+  assert float(variables['batch_stats']['bn']['local_step']) == 0.0
+  step = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=['batch_stats']))
+  decay, biased_mean, biased_var = 0.999, np.zeros(5), np.zeros(5)
+  for t, x in enumerate(batches, start=1):
+    y, upd = step(variables, x)
+    variables = {**variables, **upd}
+    x64 = x.astype(np.float64)
+    biased_mean = decay * biased_mean + (1 - decay) * x64.mean(0)
+    biased_var = decay * biased_var + (1 - decay) * x64.var(0)
+    stats = variables['batch_stats']['bn']
+    np.testing.assert_allclose(stats['mean'], biased_mean / (1 - decay**t), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(stats['var'], biased_var / (1 - decay**t), rtol=1e-5)
+    assert float(stats['local_step']) == t
+    # Train mode normalises with the batch's own statistics, as without debiasing.
+    np.testing.assert_allclose(y, (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5), atol=1e-5)
+  # After one step the average is that batch's statistics (the initial 0 / 1 carry no weight);
+  # after 4 it is close to the mean of the 4 batches' statistics, far from Flax's 0.4%-weighted
+  # plain EMA.
+  mean = biased_mean / (1 - decay**4)
+  np.testing.assert_allclose(mean, np.mean([b.mean(0) for b in batches], 0), atol=1e-2)
+  x = batches[-1]
+  y_eval, upd = net.apply(variables, x, train=False, mutable=['batch_stats'])
+  np.testing.assert_allclose(y_eval, (x - mean) / np.sqrt(biased_var / (1 - decay**4) + 1e-5),
+                             rtol=1e-5, atol=1e-5)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, upd['batch_stats'],
+                         variables['batch_stats'])  # Eval changes nothing.
+
+
+def test_bn_zero_debias_reaches_every_batch_norm_of_every_arch():
+  """The option adds one step counter per BN layer and nothing else; off, the variables are
+  exactly those of the workdirs written before it (no counter)."""
+  for arch, shape, kw in (('infogan', (28, 28, 1), {}), ('wae', (64, 64, 3), {}),
+                          ('resnet', (16, 16, 3), dict(num_scale=2, base_dim=4, fc_dim=8))):
+    x = _images(shape, batch=2)
+    shapes = {}
+    for debias in (False, True):
+      model = models.make_stage1_model(arch, shape, LATENT, bn_zero_debias=debias, **kw)
+      shapes[debias] = jax.eval_shape(
+          lambda m=model: m.init({'params': jax.random.key(0), 'noise': jax.random.key(1)},
+                                 x, train=False))
+    off = jax.tree_util.tree_flatten_with_path(shapes[False])[0]
+    on = jax.tree_util.tree_flatten_with_path(shapes[True])[0]
+    off_paths = {jax.tree_util.keystr(p) for p, _ in off}
+    added = {jax.tree_util.keystr(p) for p, _ in on} - off_paths
+    num_bn = sum(1 for p in off_paths if p.endswith("['mean']"))
+    assert num_bn > 0 and len(added) == num_bn, (arch, added)
+    assert all(p.endswith("['local_step']") for p in added), (arch, added)
+    assert shapes[False]['params'] == shapes[True]['params']
+    assert not any('local_step' in p for p in off_paths)
+
+
 def test_model_eval_mode_keeps_batch_stats():
   model = models.make_stage1_model('infogan', (28, 28, 1), LATENT)
   x = _images((28, 28, 1))

@@ -75,29 +75,31 @@ def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
 
   ``gamma`` holds VAE fields of the decoder variance (gamma_mode, gamma_value, loggamma_floor,
   running_mse_momentum, optimal_gamma_floor; see ``vae.py``). ``arch_kwargs`` are the ResNet knobs (num_scale, block_per_scale, depth_per_block,
-  kernel_size, base_dim, fc_dim) and ``fast_vjp`` (all archs; transposed-conv backward).
+  kernel_size, base_dim, fc_dim), ``fast_vjp`` (all archs; transposed-conv backward) and
+  ``bn_zero_debias`` (all archs; bias-corrected BatchNorm averages, ``layers.batch_norm``).
   ``model`` and ``model_kwargs``: see ``build_stage1_model``.
   """
   _check_model(model, model_kwargs)
   shape = check_image_shape(arch, image_shape)
   fast_vjp = arch_kwargs.pop('fast_vjp', True)
+  debias = {'bn_zero_debias': bool(arch_kwargs.pop('bn_zero_debias', False))}
   if arch == 'resnet':
     unknown = sorted(set(arch_kwargs) - set(_RESNET_KWARGS))
     if unknown:
       raise TypeError(f'unknown resnet kwargs {unknown}; known: {list(_RESNET_KWARGS)}')
     enc_kw = dict(arch_kwargs)
     dec_kw = {k: v for k, v in arch_kwargs.items() if k not in ('num_scale', 'fc_dim')}
-    encoder = ResNetEncoder(latent_dim, **enc_kw)
-    decoder = ResNetDecoder(shape, fast_vjp=fast_vjp, **dec_kw)
+    encoder = ResNetEncoder(latent_dim, **enc_kw, **debias)
+    decoder = ResNetDecoder(shape, fast_vjp=fast_vjp, **dec_kw, **debias)
   else:
     if arch_kwargs:
       raise TypeError(f'arch {arch!r} takes no extra kwargs, got {sorted(arch_kwargs)}')
     if arch == 'infogan':
-      encoder = InfoGANEncoder(latent_dim)
-      decoder = InfoGANDecoder(shape, fast_vjp=fast_vjp)
+      encoder = InfoGANEncoder(latent_dim, **debias)
+      decoder = InfoGANDecoder(shape, fast_vjp=fast_vjp, **debias)
     else:
-      encoder = WAEEncoder(latent_dim)
-      decoder = WAEDecoder(shape, fast_vjp=fast_vjp)
+      encoder = WAEEncoder(latent_dim, **debias)
+      decoder = WAEDecoder(shape, fast_vjp=fast_vjp, **debias)
   return build_stage1_model(model, encoder, decoder, gamma, model_kwargs)
 
 

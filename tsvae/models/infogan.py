@@ -25,6 +25,7 @@ class InfoGANEncoder(nn.Module):
   """
   latent_dim: int
   fast_sn: bool = True
+  bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array, Array]:
@@ -32,10 +33,10 @@ class InfoGANEncoder(nn.Module):
     sn_dense = lambda f, name: layers.SNDense(f, fast=self.fast_sn, name=name)
     y = layers.lrelu(sn_conv(64, 'conv1')(x, update_stats=train))
     y = sn_conv(128, 'conv2')(y, update_stats=train)
-    y = layers.lrelu(layers.batch_norm(train, name='bn2')(y))
+    y = layers.lrelu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name='bn2')(y))
     y = y.reshape(y.shape[0], -1)
     y = sn_dense(1024, 'fc3')(y, update_stats=train)
-    y = layers.lrelu(layers.batch_norm(train, name='bn3')(y))
+    y = layers.lrelu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name='bn3')(y))
     params = sn_dense(2 * self.latent_dim, 'en4')(y, update_stats=train)
     mu = params[:, :self.latent_dim]
     sigma = 1e-6 + jax.nn.softplus(params[:, self.latent_dim:])
@@ -47,6 +48,7 @@ class InfoGANDecoder(nn.Module):
   -> deconv C 4x4 s2 -> sigmoid. No spectral norm."""
   image_shape: tuple[int, int, int]
   fast_vjp: bool = True
+  bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
@@ -57,9 +59,9 @@ class InfoGANDecoder(nn.Module):
     deconv = lambda f, name: layers.ConvTranspose(  # reference `deconv2d`
         f, 4, 2, kernel_init=layers.normal_init_infogan, bias_init=layers.zeros_init,
         fast_vjp=self.fast_vjp, name=name)
-    y = nn.relu(layers.batch_norm(train, name='bn1')(dense(1024, 'fc1')(z)))
+    y = nn.relu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name='bn1')(dense(1024, 'fc1')(z)))
     y = dense(128 * s4 * s4, 'fc2')(y)
-    y = nn.relu(layers.batch_norm(train, name='bn2')(y))
+    y = nn.relu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name='bn2')(y))
     y = y.reshape(y.shape[0], s4, s4, 128)
-    y = nn.relu(layers.batch_norm(train, name='bn3')(deconv(64, 'conv3')(y)))
+    y = nn.relu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name='bn3')(deconv(64, 'conv3')(y)))
     return nn.sigmoid(deconv(channels, 'conv4')(y))

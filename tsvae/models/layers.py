@@ -15,16 +15,19 @@ Contents
   reference ``spectral_norm`` (reference ``conv2d(use_sn=True)`` / ``linear(use_sn=True)``);
   ``spectral_sigma`` is the same sigma without forming W^T (the layers' default fast path,
   which divides the layer output instead of a large kernel).
-- ``batch_norm``: reference ``batch_norm`` (decay 0.999, eps 1e-5).
+- ``batch_norm``, ``ZeroDebiasBatchNorm``: reference ``batch_norm`` (decay 0.999, eps 1e-5,
+  optionally bias-corrected moving averages as TF1's ``zero_debias``).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any, Callable
 
 import flax.linen as nn
+from flax.linen import normalization as _bn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -408,14 +411,58 @@ class SNDense(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+class ZeroDebiasBatchNorm(nn.BatchNorm):
+  """``nn.BatchNorm`` whose moving averages are bias-corrected as TF1's
+  ``assign_moving_average(..., zero_debias=True)`` (the reference's ``batch_norm``).
+
+  TF1 keeps a biased EMA b_t = d·b_{t-1} + (1 − d)·x_t with b_0 = 0 and a step counter t, and
+  stores b_t / (1 − d^t) in the moving variable. Here ``batch_stats/mean`` and ``var`` hold
+  that debiased value directly (so inference reads them as with ``nn.BatchNorm``) and
+  ``batch_stats/local_step`` holds t; the same value follows from the debiased one alone:
+  m_t = m_{t-1} + (x_t − m_{t-1})·(1 − d) / (1 − d^t). The first update (weight 1) replaces
+  the initial 0 / 1, so they carry no weight. Normalisation is ``nn.BatchNorm``'s.
+  """
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
+                                         use_running_average)
+    feature_axes = _bn._canonicalize_axes(x.ndim, self.axis)
+    reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+    feature_shape = [x.shape[ax] for ax in feature_axes]
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, feature_shape, jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, feature_shape, jnp.float32)
+    step = self.variable('batch_stats', 'local_step', jnp.zeros, (), jnp.float32)
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      mean, var = _bn._compute_stats(  # pylint: disable=protected-access
+          x, reduction_axes, dtype=self.dtype, axis_name=None,
+          use_fast_variance=self.use_fast_variance, mask=mask)
+      if not self.is_initializing():
+        t = step.value + 1.0
+        # 1 − d^t as −expm1(t·log d): no cancellation at small t (d = 0.999 in float32 is not).
+        weight = (1.0 - self.momentum) / -jnp.expm1(t * math.log(self.momentum))
+        ra_mean.value = ra_mean.value + (mean - ra_mean.value) * weight
+        ra_var.value = ra_var.value + (var - ra_var.value) * weight
+        step.value = t
+    return _bn._normalize(  # pylint: disable=protected-access
+        self, x, mean, var, reduction_axes, feature_axes, self.dtype, self.param_dtype,
+        self.epsilon, self.use_bias, self.use_scale, self.bias_init, self.scale_init)
+
+
+def batch_norm(train: bool, name: str | None = None, zero_debias: bool = False) -> nn.BatchNorm:
   """Reference ``batch_norm``: decay 0.999, eps 1e-5, affine, biased batch variance.
 
   Statistics over all axes but the last. No ``axis_name``: under jit over a device mesh
-  the batch statistics are those of the global batch.
+  the batch statistics are those of the global batch. ``zero_debias``: bias-corrected moving
+  averages as the reference's TF1 ``assign_moving_average`` (``ZeroDebiasBatchNorm``); off,
+  Flax's plain EMA from mean 0 / var 1 (tsvae before that option, still what old workdirs
+  restore).
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.999, epsilon=1e-5,
-                      use_fast_variance=False, name=name)
+  cls = ZeroDebiasBatchNorm if zero_debias else nn.BatchNorm
+  return cls(use_running_average=not train, momentum=0.999, epsilon=1e-5,
+             use_fast_variance=False, name=name)
 
 
 def lrelu(x: Array, leak: float = 0.2) -> Array:

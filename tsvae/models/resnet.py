@@ -21,12 +21,13 @@ class ResBlock(nn.Module):
   features: int
   depth: int = 2
   kernel_size: int = 3
+  bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     y = x
     for i in range(self.depth):
-      y = nn.relu(layers.batch_norm(train, name=f'bn{i}')(y))
+      y = nn.relu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name=f'bn{i}')(y))
       y = layers.conv(self.features, self.kernel_size, name=f'layer{i}')(y)
     return y + layers.conv(self.features, self.kernel_size, name='shortcut')(x)
 
@@ -37,12 +38,13 @@ class ScaleBlock(nn.Module):
   block_per_scale: int = 1
   depth_per_block: int = 2
   kernel_size: int = 3
+  bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     for i in range(self.block_per_scale):
       x = ResBlock(self.features, self.depth_per_block, self.kernel_size,
-                   name=f'block{i}')(x, train)
+                   bn_zero_debias=self.bn_zero_debias, name=f'block{i}')(x, train)
     return x
 
 
@@ -84,6 +86,7 @@ class ResNetEncoder(nn.Module):
   kernel_size: int = 3
   base_dim: int = 16
   fc_dim: int = 512
+  bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array, Array]:
@@ -91,7 +94,7 @@ class ResNetEncoder(nn.Module):
     y = layers.conv(dim, self.kernel_size, name='conv0')(x)
     for i in range(self.num_scale):
       y = ScaleBlock(dim, self.block_per_scale, self.depth_per_block, self.kernel_size,
-                     name=f'scale{i}')(y, train)
+                     bn_zero_debias=self.bn_zero_debias, name=f'scale{i}')(y, train)
       if i != self.num_scale - 1:
         dim *= 2
         y = layers.conv(dim, self.kernel_size, 2, name=f'downsample{i}')(y)
@@ -112,6 +115,7 @@ class ResNetDecoder(nn.Module):
   kernel_size: int = 3
   base_dim: int = 16
   fast_vjp: bool = True
+  bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
@@ -123,6 +127,7 @@ class ResNetDecoder(nn.Module):
       y = layers.ConvTranspose(dims[i + 1], self.kernel_size, 2, fast_vjp=self.fast_vjp,
                                name=f'up{i}')(y)
       y = ScaleBlock(dims[i + 1], self.block_per_scale, self.depth_per_block,
-                     self.kernel_size, name=f'scale{i}')(y, train)
+                     self.kernel_size, bn_zero_debias=self.bn_zero_debias,
+                     name=f'scale{i}')(y, train)
     y = layers.conv(channels, self.kernel_size, name='out')(y)
     return nn.sigmoid(y)

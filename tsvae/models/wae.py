@@ -18,13 +18,14 @@ class WAEEncoder(nn.Module):
   """conv128 5x5 s1, conv256/512/1024 5x5 s2, each BN ReLU -> flatten -> dense mu,
   dense log_sigma; sigma = exp(log_sigma)."""
   latent_dim: int
+  bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array, Array]:
     y = x
     for i, (features, stride) in enumerate(((128, 1), (256, 2), (512, 2), (1024, 2))):
       y = layers.conv(features, 5, stride, name=f'conv{i + 1}')(y)
-      y = nn.relu(layers.batch_norm(train, name=f'bn{i + 1}')(y))
+      y = nn.relu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name=f'bn{i + 1}')(y))
     y = y.reshape(y.shape[0], -1)
     mu = layers.dense(self.latent_dim, name='mu')(y)
     log_sigma = layers.dense(self.latent_dim, name='log_sigma')(y)
@@ -36,6 +37,7 @@ class WAEDecoder(nn.Module):
   -> sigmoid."""
   image_shape: tuple[int, int, int] = (64, 64, 3)
   fast_vjp: bool = True
+  bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
@@ -45,6 +47,6 @@ class WAEDecoder(nn.Module):
     for i, features in enumerate((512, 256, 128)):
       y = layers.ConvTranspose(features, 5, 2, fast_vjp=self.fast_vjp,
                                name=f'deconv{i + 1}')(y)
-      y = nn.relu(layers.batch_norm(train, name=f'bn{i + 1}')(y))
+      y = nn.relu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name=f'bn{i + 1}')(y))
     y = layers.ConvTranspose(channels, 5, 1, fast_vjp=self.fast_vjp, name='deconv4')(y)
     return nn.sigmoid(y)
