@@ -64,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.stage1.running_mse_momentum = 0.99  # optimal / running_mse: running MSE for γ.
   config.stage1.optimal_gamma_floor = float('-inf')  # σ-VAE soft floor on log γ; off.
   config.stage1.loggamma_floor = float('-inf')  # Optional hard floor on log γ_x; off (reference).
+  # BatchNorm moving averages bias-corrected as TF1's assign_moving_average(zero_debias=True)
+  # (reference). False: Flax's EMA from mean 0 / var 1 (what a workdir without this key ran).
+  config.stage1.bn_zero_debias = True
 
   config.stage2 = ml_collections.ConfigDict()
   config.stage2.enabled = True  # False: stage 1 only (single-stage baselines), no latents.
@@ -86,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling = ml_collections.ConfigDict()
   config.sampling.num_grid_images = 100  # 10 x 10 grids.
   config.sampling.pixel_noise = False  # True: x ~ N(decoder mean, γ_x² I) clipped to [0, 1].
+  # Multiplies the γ_z·ε added to ẑ(u) in stage-2 samples: 1 = the reference, 0 = the stage-2
+  # decoder mean (after a short stage 2, γ_z ≈ 1 and the noise swamps the few active dims of z).
+  config.sampling.stage2_noise_scale = 1.0
 
   # Evaluation (tsvae.evaluate; also run at the end of tsvae.main when enabled).
   config.eval = ml_collections.ConfigDict()

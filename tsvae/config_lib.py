@@ -63,6 +63,9 @@ IMPLICIT_DEFAULTS.update({  # Stage-1 model families (issue #4); 'vae' is the re
     'stage1.wae.lambda_mmd': 10.0, 'stage1.wae.recon_scale': 0.05,
     'stage1.rae.z_weight': 2.45e-3, 'stage1.rae.decoder_l2': 7.84e-5,
     'stage2.enabled': True})
+# Issue #13: the reference's bias-corrected BN averages are the default now, but a workdir that
+# does not record the key trained with Flax's plain EMA; its checkpoints have no BN step counter.
+IMPLICIT_DEFAULTS['stage1.bn_zero_debias'] = False
 _ABSENT = object()
 
 
@@ -93,6 +96,12 @@ def _defining(flat: Mapping[str, Any]) -> Dict[str, Any]:
   flat = json.loads(json.dumps(dict(flat)))
   return {k: v for k, v in sorted(flat.items())
           if not _is_run_control(k) and IMPLICIT_DEFAULTS.get(k, _ABSENT) != v}
+
+
+def implicit_values_of_absent_keys(recorded: Mapping[str, Any]) -> Dict[str, Any]:
+  """{key: value} of the IMPLICIT_DEFAULTS a recorded (flat) config.json does not hold: the
+  values the workdir ran with, which a config's current defaults must not replace."""
+  return {k: v for k, v in IMPLICIT_DEFAULTS.items() if k not in recorded}
 
 
 def experiment_keys(config) -> Dict[str, Any]:
@@ -147,6 +156,14 @@ def validate(config, *, num_devices: int, num_processes: int = 1):
       raise ConfigError(f'config.{stage}.running_mse_momentum must be in [0, 1), got '
                         f'{momentum}.')
   _choice(config.nan_policy, train.NAN_POLICIES, 'nan_policy')
+  if not isinstance(config.stage1.bn_zero_debias, bool):
+    raise ConfigError('config.stage1.bn_zero_debias must be True or False, got '
+                      f'{config.stage1.bn_zero_debias!r}.')
+  noise_scale = config.sampling.stage2_noise_scale
+  if (not isinstance(noise_scale, (int, float)) or isinstance(noise_scale, bool)
+      or not math.isfinite(noise_scale) or noise_scale < 0):
+    raise ConfigError('config.sampling.stage2_noise_scale multiplies the γ_z·ε noise of '
+                      f'stage-2 samples and must be a finite number >= 0, got {noise_scale!r}.')
   _check_outliers_and_gmm(config)
   _check_stage1_model(config)
   shape = input_pipeline.image_shape(config.dataset)
@@ -233,7 +250,10 @@ def check_workdir(config, workdir: str):
                         'workdir holds. Restore it or use a new --workdir.') from None
     mine = experiment_keys(config)
     theirs = _defining(recorded)
-    diffs = [f'  {k}: workdir has {theirs.get(k, "<absent>")!r}, this run has '
+    implicit = implicit_values_of_absent_keys(recorded)
+    diffs = [f'  {k}: workdir has {theirs.get(k, implicit.get(k, "<absent>"))!r}'
+             f'{" (not recorded: from before the key existed)" if k in implicit else ""}, '
+             'this run has '
              f'{mine.get(k, "<absent>")!r}'
              for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
     if diffs:
@@ -294,7 +314,8 @@ def set_dotted(config, key: str, value: Any):
 def load_workdir_config(workdir: str, defaults=None) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (its config.json), over `defaults` if given.
 
-  Keys added to the defaults after the workdir was created keep their default values.
+  Keys added to the defaults after the workdir was created keep their default values, except
+  those in IMPLICIT_DEFAULTS, which get the value the workdir ran with.
   """
   path = os.path.join(workdir, CONFIG_FILENAME)
   recorded = fileio.read_json(path)
@@ -303,6 +324,7 @@ def load_workdir_config(workdir: str, defaults=None) -> ml_collections.ConfigDic
   if defaults is None:
     return unflatten(recorded)
   config = ml_collections.ConfigDict(defaults)
+  recorded = {**implicit_values_of_absent_keys(recorded), **recorded}
   for key, value in recorded.items():
     set_dotted(config, key, value)
   return config

@@ -75,6 +75,10 @@ METRIC_LABELS = {
     'loggamma_x': 'final log gamma of stage 1 (gamma is a standard deviation)',
     'loggamma_z': 'final log gamma of stage 2',
     'num_samples': 'generated images per set = random test images used',
+    'stage2_noise_scale': ('s in the stage-2 samples z = z_hat(u) + s * gamma_z * eps (1 = the '
+                           'reference, 0 = the stage-2 decoder mean)'),
+    'bn_zero_debias': ('stage-1 BatchNorm moving averages bias-corrected as TF1 zero_debias '
+                       '(the reference) or plain EMA from 0 / 1'),
 }
 
 
@@ -221,7 +225,7 @@ def evaluate_experiment(experiment, state1, state2=None) -> Dict[str, Any]:
   if state2 is not None:
     generated['stage2'] = sampling.generate_stage2(
         experiment.model1, v1, experiment.model2, v2, r2, n, batch_size=batch,
-        pixel_noise=c.sampling.pixel_noise)
+        pixel_noise=c.sampling.pixel_noise, noise_scale=c.sampling.stage2_noise_scale)
   generated['stage1'] = sampling.generate_stage1(
       experiment.model1, v1, r1, n, latent_dim=c.latent_dim, batch_size=batch,
       pixel_noise=c.sampling.pixel_noise)
@@ -248,6 +252,8 @@ def evaluate_experiment(experiment, state1, state2=None) -> Dict[str, Any]:
       'test_subset_seed': eval_seed,
       'min_max_stretch': bool(e.min_max_stretch),
       'pixel_noise': bool(c.sampling.pixel_noise),
+      'stage2_noise_scale': float(c.sampling.stage2_noise_scale),
+      'bn_zero_debias': bool(c.stage1.bn_zero_debias),
       'reconstructions_of': 'the same random test images the sets are compared against',
       'metric_labels': METRIC_LABELS,
       'stage1_step': _host_int(state1.step),
@@ -458,6 +464,8 @@ def resolve_config(config, workdir: str, overrides: Dict[str, Any] = None):
   if recorded is None:
     raise config_lib.ConfigError(f'{workdir} has no {config_lib.CONFIG_FILENAME}: not a '
                                  'tsvae workdir (run tsvae.main on it first).')
+  # A key the workdir predates has the value it ran with, not this config's default.
+  recorded = {**config_lib.implicit_values_of_absent_keys(recorded), **recorded}
   overrides = dict(overrides or {})
   config = ml_collections.ConfigDict(config.to_dict())
   for key, value in recorded.items():

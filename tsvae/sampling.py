@@ -1,6 +1,7 @@
 """Generation and reconstruction with trained stages (pure, jit-compiled, batched).
 
-- Stage-2 samples (the Two-Stage VAE): u ~ N(0, I) → z = ẑ(u) + γ_z·ε → x = decoder-1 mean.
+- Stage-2 samples (the Two-Stage VAE): u ~ N(0, I) → z = ẑ(u) + s·γ_z·ε → x = decoder-1 mean,
+  with s = `noise_scale` (config.sampling.stage2_noise_scale; 1 = the reference, 0 = ẑ(u)).
 - Stage-1 samples (the single-stage VAE baseline): z ~ N(0, I) → x = decoder-1 mean.
 - Reconstructions: z = μ_z(x) + σ_z(x)·ε (a sampled z, as the reference) → decoder-1 mean
   (the model's ``posterior_sample``: through the flow for ``vae_flow``; z = μ for the
@@ -37,12 +38,12 @@ def _add_pixel_noise(x, loggamma, rng):
 
 
 @functools.partial(jax.jit, static_argnames=('model1', 'model2', 'num', 'pixel_noise'))
-def _stage2_batch(model1, variables1, model2, variables2, rng, num, pixel_noise):
+def _stage2_batch(model1, variables1, model2, variables2, rng, num, pixel_noise, noise_scale):
   u_rng, z_rng, x_rng = jax.random.split(rng, 3)
   u = jax.random.normal(u_rng, (num, model2.decoder.latent_dim))
   z_hat = model2.apply(variables2, u, train=False, method=vae_lib.VAE.decode)
   loggamma_z = model2.apply(variables2, method=vae_lib.VAE.loggamma)
-  z = z_hat + jnp.exp(loggamma_z) * jax.random.normal(z_rng, z_hat.shape)
+  z = z_hat + noise_scale * jnp.exp(loggamma_z) * jax.random.normal(z_rng, z_hat.shape)
   x = model1.apply(variables1, z, train=False, method=vae_lib.VAE.decode)
   if pixel_noise:
     x = _add_pixel_noise(x, model1.apply(variables1, method=vae_lib.VAE.loggamma), x_rng)
@@ -84,10 +85,16 @@ def _in_chunks(make: Callable[[jax.Array, int], jax.Array], rng, num: int,
 
 
 def generate_stage2(model1, variables1, model2, variables2, rng, num: int, *,
-                    batch_size: int = 500, pixel_noise: bool = False) -> np.ndarray:
-  """`num` Two-Stage VAE samples, float32 [num, H, W, C] in [0, 1]."""
+                    batch_size: int = 500, pixel_noise: bool = False,
+                    noise_scale: float = 1.0) -> np.ndarray:
+  """`num` Two-Stage VAE samples, float32 [num, H, W, C] in [0, 1].
+
+  `noise_scale` multiplies γ_z·ε (a traced value: one compilation serves every scale). The
+  same `rng` gives the same u and ε at every scale.
+  """
+  scale = jnp.float32(noise_scale)
   return _in_chunks(lambda r, n: _stage2_batch(model1, variables1, model2, variables2, r, n,
-                                               pixel_noise), rng, num, batch_size)
+                                               pixel_noise, scale), rng, num, batch_size)
 
 
 def generate_stage1(model1, variables1, rng, num: int, *, latent_dim: int,

@@ -89,7 +89,8 @@ class Experiment:
     arch_kwargs = dict(config.resnet) if config.arch == 'resnet' else {}
     self.model1 = models.make_stage1_model(
         config.arch, self.image_shape, config.latent_dim, gamma=gamma_fields(config.stage1),
-        **stage1_model_kwargs(config), **arch_kwargs)
+        bn_zero_debias=config.stage1.bn_zero_debias, **stage1_model_kwargs(config),
+        **arch_kwargs)
     self.model2 = models.make_stage2_model(
         config.latent_dim, config.stage2.depth, config.stage2.width,
         gamma=gamma_fields(config.stage2))
@@ -246,7 +247,8 @@ class Experiment:
     if state2 is not None:
       stage2 = sampling.generate_stage2(self.model1, v1, self.model2,
                                         sampling.variables_of(state2), r2, n,
-                                        pixel_noise=c.sampling.pixel_noise)
+                                        pixel_noise=c.sampling.pixel_noise,
+                                        noise_scale=c.sampling.stage2_noise_scale)
     stage1 = sampling.generate_stage1(self.model1, v1, r1, n, latent_dim=c.latent_dim,
                                       pixel_noise=c.sampling.pixel_noise)
     num_originals = max(1, n // 2)
