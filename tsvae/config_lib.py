@@ -323,7 +323,8 @@ def load_workdir_config(workdir: str, defaults=None) -> ml_collections.ConfigDic
     raise ConfigError(f'{workdir} has no {CONFIG_FILENAME}: not a tsvae workdir.')
   if defaults is None:
     return unflatten(recorded)
-  config = ml_collections.ConfigDict(defaults)
+  # A copy: ConfigDict(defaults) would share (and so change) the defaults' nested dicts.
+  config = ml_collections.ConfigDict(defaults).copy_and_resolve_references()
   recorded = {**implicit_values_of_absent_keys(recorded), **recorded}
   for key, value in recorded.items():
     set_dotted(config, key, value)

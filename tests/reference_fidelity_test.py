@@ -1,0 +1,177 @@
+"""Issue #13: the options that bring tsvae to the authors' code, and the stage-2 noise scale.
+
+- stage1.bn_zero_debias: default on (the reference); a workdir that predates it stays off.
+- sampling.stage2_noise_scale: multiplies γ_z·ε in stage-2 samples; recorded in metrics.json;
+  `tsvae.sample --stage2_noise_scales` writes one grid per scale side by side.
+
+The BatchNorm arithmetic itself is tested in models_test.py; the CIFAR JPEG route in
+input_pipeline_test.py. Runs here use a tiny stage-1 net with one BatchNorm layer (seconds).
+"""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import default
+from testdata import eval_overrides, tiny_config, TinyDecoder
+from tsvae import config_lib
+from tsvae import evaluate
+from tsvae import models
+from tsvae import sample
+from tsvae import sampling
+from tsvae import two_stage
+from tsvae.models import layers
+
+
+class TinyBNEncoder(nn.Module):
+  """Images → dense → the project's BatchNorm → (μ, σ, log σ)."""
+  latent_dim: int
+  bn_zero_debias: bool = False
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.Dense(16)(x.reshape((x.shape[0], -1)))
+    h = layers.batch_norm(train, name='bn', zero_debias=self.bn_zero_debias)(h)
+    log_sigma = nn.Dense(self.latent_dim)(h)
+    return nn.Dense(self.latent_dim)(h), jnp.exp(log_sigma), log_sigma
+
+
+def tiny_bn_stage1_model(arch, image_shape, latent_dim, gamma=None, model='vae',
+                         model_kwargs=None, bn_zero_debias=False, **arch_kwargs):
+  """`models.make_stage1_model` with a tiny net that has one BatchNorm layer."""
+  del arch, arch_kwargs
+  return models.build_stage1_model(model, TinyBNEncoder(latent_dim, bn_zero_debias),
+                                   TinyDecoder(tuple(image_shape)), gamma, model_kwargs)
+
+
+def _run(workdir, **overrides):
+  config = tiny_config(batch_size=4, stage1__max_steps=3, stage2__max_steps=3,
+                       sampling__num_grid_images=4, **overrides)
+  with tfds.testing.mock_data(num_examples=8):
+    return config, two_stage.run(config, workdir)
+
+
+def _strip_key(workdir, key):
+  """Makes `workdir` look like one written before `key` existed."""
+  path = os.path.join(workdir, config_lib.CONFIG_FILENAME)
+  recorded = json.load(open(path))
+  del recorded[key]
+  with open(path, 'w') as f:
+    json.dump(recorded, f)
+
+
+# ------------------------------------------------------------------------- bn_zero_debias
+
+
+def test_bn_zero_debias_is_the_default_and_an_experiment_key():
+  config = default.get_config()
+  assert config.stage1.bn_zero_debias is True
+  assert config_lib.experiment_keys(config)['stage1.bn_zero_debias'] is True
+  assert config_lib.IMPLICIT_DEFAULTS['stage1.bn_zero_debias'] is False
+  # Off is the implicit value: left out, as in a workdir that predates the key.
+  assert 'stage1.bn_zero_debias' not in config_lib.experiment_keys(
+      tiny_config(stage1__bn_zero_debias=False))
+
+
+def test_old_workdir_restores_and_evaluates_with_plain_batch_norm_averages(tmp_path,
+                                                                           monkeypatch):
+  monkeypatch.setattr(models, 'make_stage1_model', tiny_bn_stage1_model)
+  workdir = str(tmp_path / 'old')
+  _, result = _run(workdir, stage1__bn_zero_debias=False, stage2__enabled=False)
+  assert 'local_step' not in result['state1'].batch_stats['encoder']['bn']
+  _strip_key(workdir, 'stage1.bn_zero_debias')
+
+  # The current defaults (True) do not replace what the workdir ran with.
+  current = tiny_config(batch_size=4, stage1__max_steps=3, sampling__num_grid_images=4,
+                        stage2__enabled=False)
+  assert current.stage1.bn_zero_debias is True
+  assert config_lib.load_workdir_config(workdir, current).stage1.bn_zero_debias is False
+  resolved = evaluate.resolve_config(current, workdir)
+  assert resolved.stage1.bn_zero_debias is False
+  with tfds.testing.mock_data(num_examples=8):
+    state1 = two_stage.Experiment(resolved, workdir).restore_stage('stage1')
+  np.testing.assert_array_equal(state1.batch_stats['encoder']['bn']['mean'],
+                                result['state1'].batch_stats['encoder']['bn']['mean'])
+  # Resuming it with debiasing on would mix two experiments: refused, saying why.
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'bn_zero_debias: workdir has False \(not recorded'):
+    config_lib.check_workdir(current, workdir)
+
+
+def test_debiased_run_keeps_a_step_counter_per_batch_norm(tmp_path, monkeypatch):
+  monkeypatch.setattr(models, 'make_stage1_model', tiny_bn_stage1_model)
+  _, result = _run(str(tmp_path / 'new'), stage2__enabled=False)
+  stats = result['state1'].batch_stats['encoder']['bn']
+  steps = int(result['state1'].step)
+  assert steps >= 2 and float(stats['local_step']) == steps  # One update per training step.
+  # A few batches with debiased weights ~1/steps each: the average is not pulled to 0 / 1.
+  assert float(jnp.min(stats['var'])) > 0 and float(jnp.max(jnp.abs(stats['mean']))) > 0.01
+
+
+# ------------------------------------------------------------------- stage2_noise_scale
+
+
+def test_noise_scale_validation():
+  assert default.get_config().sampling.stage2_noise_scale == 1.0
+  for bad in (-0.5, float('nan'), float('inf')):
+    with pytest.raises(config_lib.ConfigError, match='stage2_noise_scale'):
+      config_lib.validate(tiny_config(sampling__stage2_noise_scale=bad), num_devices=1)
+  assert config_lib._is_run_control('sampling.stage2_noise_scale')  # pylint: disable=protected-access
+  for bad in (['-1'], ['x'], ['nan']):
+    with pytest.raises(config_lib.ConfigError, match='--stage2_noise_scales'):
+      sample.parse_noise_scales(bad)
+  assert sample.parse_noise_scales(['1', '0.5', '0']) == [1.0, 0.5, 0.0]
+
+
+class _Identity(nn.Module):
+  latent_dim: int
+
+  @nn.compact
+  def __call__(self, z, train=False):
+    return z
+
+
+def test_noise_scale_multiplies_gamma_z_noise():
+  """With an identity stage-1 decoder the sample is z = ẑ(u) + s·γ_z·ε itself."""
+  latent = 6
+  model2 = models.make_stage2_model(latent, depth=1, width=8)
+  v2 = model2.init({'params': jax.random.key(0), 'noise': jax.random.key(1)},
+                   jnp.zeros((2, latent)), train=False)
+  v2 = {**v2, 'params': {**v2['params'], 'loggamma_z': jnp.log(jnp.float32(0.5))}}
+  model1 = models.VAE(encoder=TinyBNEncoder(latent), decoder=_Identity(latent),
+                      gamma_name='loggamma_x')
+  v1 = {'params': {'loggamma_x': jnp.zeros(())}}
+  rng = jax.random.key(3)
+  z = {s: sampling.generate_stage2(model1, v1, model2, v2, rng, 2000, batch_size=1000,
+                                   noise_scale=s) for s in (0.0, 1.0, 2.0)}
+  noise = z[1.0] - z[0.0]  # Same u and ε at every scale.
+  np.testing.assert_allclose(z[2.0] - z[0.0], 2 * noise, rtol=1e-4, atol=1e-5)
+  assert noise.std() == pytest.approx(0.5, rel=0.05)  # γ_z = 0.5.
+  np.testing.assert_allclose(noise.mean(0), 0.0, atol=0.1)
+
+
+def test_noise_scale_in_metrics_and_side_by_side_grid(tmp_path, monkeypatch):
+  monkeypatch.setattr(models, 'make_stage1_model', tiny_bn_stage1_model)
+  workdir = str(tmp_path / 'run')
+  config, result = _run(workdir, sampling__stage2_noise_scale=0.0,
+                        **eval_overrides(str(tmp_path / 'cache'), num_samples=8))
+  metrics = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
+  assert metrics['stage2_noise_scale'] == 0.0 and metrics['bn_zero_debias'] is True
+  assert 'stage2_noise_scale' in metrics['metric_labels']
+  experiment = two_stage.Experiment(config, workdir)
+  path = sample.write_noise_scales(experiment, result['state1'], result['state2'],
+                                   [1.0, 0.0, 0.0])
+  grid = np.asarray(Image.open(path))
+  single = np.asarray(Image.open(result['samples']['stage2_samples']))
+  width = single.shape[1]
+  assert grid.shape[0] == single.shape[0] and grid.shape[1] == 3 * width + 2 * 8
+  panels = [grid[:, i * (width + 8):i * (width + 8) + width] for i in range(3)]
+  np.testing.assert_array_equal(panels[1], panels[2])  # Same u at the same scale.
+  assert not np.array_equal(panels[0], panels[1])  # γ_z·ε shows at scale 1.
