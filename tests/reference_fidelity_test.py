@@ -4,12 +4,17 @@
 - sampling.stage2_noise_scale: multiplies γ_z·ε in stage-2 samples; recorded in metrics.json;
   `tsvae.sample --stage2_noise_scales` writes one grid per scale side by side.
 
-The BatchNorm arithmetic itself is tested in models_test.py; the CIFAR JPEG route in
-input_pipeline_test.py. Runs here use a tiny stage-1 net with one BatchNorm layer (seconds).
+- CIFAR-10: the download route gives the same bytes as the offline JPEG q75 zip.
+- configs/celeba_wae.py: the authors' crop.
+
+The BatchNorm arithmetic itself is tested in models_test.py. Runs here use a tiny stage-1 net
+with one BatchNorm layer (seconds).
 """
 
+import io
 import json
 import os
+import zipfile
 
 import flax.linen as nn
 import jax
@@ -23,10 +28,14 @@ from configs import default
 from testdata import eval_overrides, tiny_config, TinyDecoder
 from tsvae import config_lib
 from tsvae import evaluate
+from tsvae import input_pipeline
 from tsvae import models
 from tsvae import sample
 from tsvae import sampling
 from tsvae import two_stage
+from tsvae.datasets import local_builders
+from tsvae.datasets import online_builders
+from tsvae.evaluation import classifier
 from tsvae.models import layers
 
 
@@ -175,3 +184,76 @@ def test_noise_scale_in_metrics_and_side_by_side_grid(tmp_path, monkeypatch):
   panels = [grid[:, i * (width + 8):i * (width + 8) + width] for i in range(3)]
   np.testing.assert_array_equal(panels[1], panels[2])  # Same u at the same scale.
   assert not np.array_equal(panels[0], panels[1])  # γ_z·ε shows at scale 1.
+
+
+# ------------------------------------------------------------------ CIFAR-10, both routes
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'cifar10_raw_tiny.png')
+FIXTURE_LABELS = {'train': (0, 3, 6, 9), 'test': (1, 8)}  # One image each, in fixture order.
+
+
+def _fixture_images():
+  """{split: [(label, raw uint8 32x32x3)]} from tests/data/cifar10_raw_tiny.png (synthetic)."""
+  strip = np.asarray(Image.open(FIXTURE).convert('RGB'))
+  raw = [strip[:, 32 * i:32 * (i + 1)] for i in range(strip.shape[1] // 32)]
+  train, test = raw[:4], raw[4:]
+  return {'train': list(zip(FIXTURE_LABELS['train'], train)),
+          'test': list(zip(FIXTURE_LABELS['test'], test))}
+
+
+def _write_stock_download(directory, images):
+  """What tfds' `cifar10` download extracts to: cifar-10-batches-bin/ with label byte + CHW
+  planes per record (all train images in data_batch_1.bin; the other four batches empty)."""
+  root = os.path.join(directory, 'cifar-10-batches-bin')
+  os.makedirs(root)
+  record = lambda label, img: bytes([label]) + np.transpose(img, (2, 0, 1)).tobytes()
+  files = {'data_batch_1.bin': images['train'], 'test_batch.bin': images['test'],
+           **{f'data_batch_{i}.bin': [] for i in range(2, 6)}}
+  for name, items in files.items():
+    with open(os.path.join(root, name), 'wb') as f:
+      f.write(b''.join(record(label, img) for label, img in items))
+  with open(os.path.join(root, 'batches.meta.txt'), 'w') as f:
+    f.write('\n'.join(local_builders.CIFAR10_CLASSES) + '\n')
+
+
+def _write_offline_zip(directory, images):
+  """The offline zip's layout: each raw image saved by PIL as JPEG at its default quality."""
+  os.makedirs(directory)
+  with zipfile.ZipFile(os.path.join(directory, local_builders.CIFAR10_ZIP), 'w') as z:
+    for split, items in images.items():
+      for i, (label, img) in enumerate(items):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format='JPEG')  # PIL's default quality, 75.
+        z.writestr(f'{split}/{local_builders.CIFAR10_CLASSES[label]}/{i:04d}.jpg',
+                   buf.getvalue())
+
+
+def _by_label(builder, split):
+  """{label: uint8 image} as the model and the proxy classifier read the split."""
+  images, labels = classifier.load_labeled(builder, split, 'cifar10')
+  batches = input_pipeline.make_eval_dataset(builder, split, 'cifar10', batch_size=16,
+                                             as_uint8=True)
+  stream = np.concatenate([b['image'] for b in tfds.as_numpy(batches)])
+  np.testing.assert_array_equal(stream, images)  # Both readers, same bytes.
+  return dict(zip(labels.tolist(), images))
+
+
+def test_cifar10_download_route_is_byte_identical_to_offline_jpeg_zip(tmp_path, monkeypatch):
+  images = _fixture_images()
+  download = str(tmp_path / 'download')
+  _write_stock_download(download, images)
+  # The stock builder "downloads" the fixture; everything after that is tfds' own code.
+  monkeypatch.setattr(tfds.download.DownloadManager, 'download_and_extract',
+                      lambda self, url: download)
+  online = input_pipeline.get_builder('cifar10', data_dir=str(tmp_path / 'online'))
+  assert online.name == online_builders.TsvaeCifar10JpegQ75.name
+  _write_offline_zip(str(tmp_path / 'manual'), images)
+  offline = input_pipeline.get_builder('cifar10', data_dir=str(tmp_path / 'offline'),
+                                       manual_dir=str(tmp_path / 'manual'))
+  for split, items in images.items():
+    online_images, offline_images = _by_label(online, split), _by_label(offline, split)
+    assert sorted(online_images) == sorted(offline_images) == sorted(FIXTURE_LABELS[split])
+    for label, raw in items:
+      assert online_images[label].tobytes() == offline_images[label].tobytes(), (split, label)
+      np.testing.assert_array_equal(online_images[label], online_builders.jpeg_round_trip(raw))
+      assert np.abs(online_images[label].astype(int) - raw).max() > 10  # JPEG did change it.
