@@ -257,3 +257,18 @@ def test_cifar10_download_route_is_byte_identical_to_offline_jpeg_zip(tmp_path, 
       assert online_images[label].tobytes() == offline_images[label].tobytes(), (split, label)
       np.testing.assert_array_equal(online_images[label], online_builders.jpeg_round_trip(raw))
       assert np.abs(online_images[label].astype(int) - raw).max() > 10  # JPEG did change it.
+
+
+# ------------------------------------------------------------------ CelebA with the WAE net
+
+
+def test_celeba_wae_config_uses_the_authors_crop_and_keeps_the_wae_crop_as_an_option():
+  from configs import celeba_wae  # pylint: disable=g-import-not-at-top
+  config = celeba_wae.get_config()
+  assert (config.dataset, config.arch) == ('celeba', 'wae')
+  assert input_pipeline.CELEBA_CROPS[config.dataset] == (45, 173, 25, 153)  # 128 px.
+  assert (config.stage1.num_epochs, config.stage1.lr_decay_epochs) == (70, 30)
+  config_lib.validate(config, num_devices=1)
+  config.dataset = 'celeba140'  # The documented alternative: the WAE paper's 140-px crop.
+  config_lib.validate(config, num_devices=1)
+  assert input_pipeline.CELEBA_CROPS['celeba140'] == (39, 179, 19, 159)
