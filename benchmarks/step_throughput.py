@@ -65,6 +65,9 @@ def parse_args(argv=None):
   p.add_argument('--devices', type=int, default=1, help='devices in the data-parallel mesh')
   p.add_argument('--no_fast_vjp', action='store_true',
                  help='plain autodiff of the transposed convolutions (the slow reference)')
+  p.add_argument('--bn_zero_debias', default='on', choices=('on', 'off'),
+                 help="stage 1: BatchNorm averages bias-corrected (config.stage1.bn_zero_debias; "
+                 "'on' is the training default, 'off' the plain EMA)")
   p.add_argument('--input_dtype', default='float32', choices=('float32', 'uint8'),
                  help='dtype of the host batches fed to the step (the pipeline yields float32)')
   p.add_argument('--steps', type=int, default=20, help='steps per timed run')
@@ -234,7 +237,8 @@ def run_step(args):
   mesh = train.make_mesh(jax.devices()[:args.devices])
   if args.mode == 'stage1':
     model = models.make_stage1_model(args.arch, image_shape(args), args.latent_dim,
-                                     fast_vjp=not args.no_fast_vjp)
+                                     fast_vjp=not args.no_fast_vjp,
+                                     bn_zero_debias=args.bn_zero_debias == 'on')
     prepare_input = train.image_input
     example = np.zeros((args.batch_size,) + image_shape(args), np.float32)
   else:
@@ -382,7 +386,7 @@ def main(argv=None):
   if args.mode == 'stage1':
     config.update(arch=args.arch, dataset=args.dataset, image_shape=list(image_shape(args)),
                   latent_dim=args.latent_dim, fast_vjp=not args.no_fast_vjp,
-                  input_dtype=args.input_dtype)
+                  input_dtype=args.input_dtype, bn_zero_debias=args.bn_zero_debias == 'on')
   elif args.mode == 'stage2':
     config.update(latent_dim=args.latent_dim, depth=args.depth, width=args.width)
   else:

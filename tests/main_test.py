@@ -207,7 +207,11 @@ def test_keys_added_later_at_their_implicit_default_keep_old_workdirs_valid(mock
   config, workdir, _ = mock_run
   recorded = json.load(open(os.path.join(workdir, 'config.json')))
   old = {k: v for k, v in recorded.items() if k not in config_lib.IMPLICIT_DEFAULTS}
-  assert config_lib._defining(old) == config_lib.experiment_keys(config)
+  # An old workdir ran with every such key at its implicit value: today's default for all but
+  # stage1.bn_zero_debias, whose default became the reference's True (issue #13).
+  as_old = tiny_config(stage1__bn_zero_debias=False)
+  assert config_lib._defining(old) == config_lib.experiment_keys(as_old)
+  assert config_lib._defining(old) != config_lib.experiment_keys(config)
   # ...but a non-default value of such a key is a different experiment.
   changed = tiny_config(stage1__gamma_mode='optimal')
   assert config_lib.experiment_keys(changed) != config_lib.experiment_keys(config)

@@ -201,6 +201,7 @@ def test_benchmark_stage1_smoke(tmp_path):
        '--warmup', '0', '--out', str(out)])
   saved = json.loads(out.read_text())
   assert saved['config']['batch_size'] == 4 and saved['config']['arch'] == 'infogan'
+  assert saved['config']['bn_zero_debias'] is True  # The training default.
   assert saved['result']['images_per_sec'] > 0 and len(saved['result']['rates']) == 2
   assert saved['result']['finite']
   for key in ('machine', 'versions', 'git', 'peak_rss_mib', 'loadavg_before'):
