@@ -512,8 +512,8 @@ def test_latent_dataset_absent_or_incomplete(tmp_path):
   directory = tmp_path / 'latents'
   ip.write_latent_dataset(str(directory), *_latents())
   shard = next(p for p in directory.iterdir() if '.tfrecord-' in p.name)
-  shard.write_bytes(shard.read_bytes()[:-10])  # Truncated.
-  with pytest.raises(DataError, match='incomplete'):
+  shard.write_bytes(shard.read_bytes()[:-10])  # Truncated after it was complete: corrupt.
+  with pytest.raises(ip.CorruptLatents, match=f'is corrupt: {shard.name} has'):
     ip.read_latent_dataset_builder(str(directory))
   os.remove(directory / 'tsvae_latents.json')  # As if the writer died before the end.
   with pytest.raises(DataError, match='incomplete'):

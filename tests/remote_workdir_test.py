@@ -282,6 +282,22 @@ def test_truncated_or_missing_latent_files_are_refused(ram):
     ip.read_latent_dataset_builder(directory)
 
 
+def test_flipped_byte_in_a_latent_shard_is_corrupt_not_incomplete(ram):
+  directory = f'{ram}/run/latents'
+  mu, sigma = _latents(26)
+  ip.write_latent_dataset(directory, mu, sigma)
+  shard = next(f for f in fileio.listdir(directory) if '.tfrecord-' in f)
+  data = bytearray(fileio.read_bytes(f'{directory}/{shard}'))
+  data[len(data) // 2] ^= 0x01  # Same size: only the checksum can tell.
+  fileio.atomic_write_bytes(f'{directory}/{shard}', bytes(data))
+  with pytest.raises(ip.CorruptLatents, match=f'is corrupt: {shard} does not match the SHA-256 '
+                     'recorded when it was written.*move it aside'):
+    ip.read_latent_dataset_builder(directory)
+  fileio.atomic_write_bytes(f'{directory}/{shard}', bytes(data[:-1]))  # Truncated: named so.
+  with pytest.raises(ip.CorruptLatents, match=f'{shard} has {len(data) - 1} bytes'):
+    ip.read_latent_dataset_builder(directory)
+
+
 # ------------------------------------------------------------------------------- a whole run
 
 

@@ -9,11 +9,18 @@ The workdir may be local or a gs:// URL. On GCS Orbax cannot rename a directory 
 writes the step's files, then a `commit_success.txt` file last, and `latest_step()` only returns
 steps that have it (Orbax's `CommitFileTemporaryPath`, its default for gs:// paths). The COMPLETE
 marker and the metadata go through `tsvae.fileio`, which handles both kinds of path.
+
+Corruption is caught, not trusted: once Orbax has finished a step, process 0 records the size and
+SHA-256 of every file of it in `<step>/tsvae_checksums.json` (written atomically), and `restore`
+verifies them before Orbax reads the step. A step without that record (written before records
+existed, or whose writer died in the moment between Orbax finishing it and the record) is
+restored unverified, with a warning.
 """
 
 import hashlib
 import json
 import os
+import time
 from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
@@ -24,6 +31,7 @@ from tsvae import faults
 from tsvae import fileio
 
 COMPLETE_MARKER = 'COMPLETE'
+CHECKSUMS_FILE = 'tsvae_checksums.json'
 
 
 class CheckpointError(RuntimeError):
@@ -80,6 +88,8 @@ class StageCheckpointer:
     try:
       self._manager.save(int(step), args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+      if jax.process_index() == 0:
+        self.record_checksums(step)
     except OSError as e:
       previous = [s for s in self.all_steps() if s != step]
       kept = (f'the checkpoint of step {max(previous)} is intact' if previous
@@ -91,16 +101,12 @@ class StageCheckpointer:
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
     """Restores `step` into the structure of `abstract_state`; CheckpointError if unusable."""
     path = os.path.join(self.directory, str(step))
+    self.verify(step)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
-      others = [s for s in self.all_steps() if s != step]
-      hint = (f' Move it aside to resume from the previous checkpoint (step {max(others)}).'
-              if others else ' Move it aside to restart this stage from scratch.')
-      raise CheckpointError(
-          f'Checkpoint {path} cannot be restored ({type(e).__name__}: {str(e)[:300]}). It is '
-          f'truncated, corrupt, or from an incompatible model.{hint}') from e
+      raise self._unusable(step, f'{type(e).__name__}: {str(e)[:300]}') from e
     meta = restored['meta']
     if meta.get('fingerprint') != self.fingerprint:
       raise CheckpointError(
@@ -108,6 +114,44 @@ class StageCheckpointer:
           f'{meta.get("fingerprint")} != {self.fingerprint}). Use a new --workdir.')
     logging.info('Restored %s from %s', self.stage, path)
     return restored['state'], meta
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def record_checksums(self, step: int):
+    """Writes <step>/tsvae_checksums.json: size and SHA-256 of every file Orbax wrote."""
+    step_dir = self._step_dir(step)
+    names = [n for n in fileio.walk_files(step_dir) if n != CHECKSUMS_FILE]
+    fileio.atomic_write_json(os.path.join(step_dir, CHECKSUMS_FILE),
+                             {'files': fileio.checksums(step_dir, names)})
+
+  def verify(self, step: int):
+    """CheckpointError unless every file of `step` matches its recorded size and SHA-256."""
+    start = time.time()
+    step_dir = self._step_dir(step)
+    try:
+      record = fileio.read_json(os.path.join(step_dir, CHECKSUMS_FILE))
+      if record is None:
+        logging.warning('Checkpoint %s has no %s (written before checksums were recorded, or '
+                        'its writer died just after Orbax finished it); restoring it '
+                        'unverified.', step_dir, CHECKSUMS_FILE)
+        return
+      problems = fileio.checksum_mismatches(step_dir, record['files'])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+      problems = [f'{CHECKSUMS_FILE} cannot be read ({type(e).__name__}: {e})']
+    if problems:
+      raise self._unusable(step, '; '.join(problems[:5]))
+    logging.info('Verified the checksums of %d files of %s in %.2f s.', len(record['files']),
+                 step_dir, time.time() - start)
+
+  def _unusable(self, step: int, reason: str) -> CheckpointError:
+    """The error for a step that cannot be restored, naming the checkpoint to fall back to."""
+    others = [s for s in self.all_steps() if s != step]
+    hint = (f' Move it aside to resume from the previous checkpoint (step {max(others)}).'
+            if others else ' Move it aside to restart this stage from scratch.')
+    return CheckpointError(
+        f'Checkpoint {self._step_dir(step)} cannot be restored ({reason}). It is truncated, '
+        f'corrupt, or from an incompatible model.{hint}')
 
   def wait(self):
     self._manager.wait_until_finished()

@@ -26,6 +26,7 @@ Remote errors (`tf.errors.OpError`) are raised as `OSError` (`FileNotFoundError`
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
@@ -33,7 +34,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from typing import Any, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 _SCHEME = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
 
@@ -151,6 +152,56 @@ def rmtree(path: str):
   if exists(path):
     with _remote_errors(path):
       _gfile().rmtree(path)
+
+
+def walk_files(directory: str) -> List[str]:
+  """Paths (relative to `directory`, '/'-separated) of every file below it, sorted."""
+  if not is_remote(directory):
+    root = _local(directory)
+    return sorted(os.path.relpath(os.path.join(parent, name), root).replace(os.sep, '/')
+                  for parent, _, names in os.walk(root) for name in names)
+  root = directory.rstrip('/')
+  with _remote_errors(directory):
+    return sorted(posixpath.join(parent, name)[len(root) + 1:]
+                  for parent, _, names in _gfile().walk(root) for name in names)
+
+
+_HASH_CHUNK = 4 << 20
+
+
+def sha256(path: str) -> str:
+  """Hex SHA-256 of a file's bytes, read in 4 MiB chunks."""
+  digest = hashlib.sha256()
+  if not is_remote(path):
+    with open(_local(path), 'rb') as f:
+      return hashlib.file_digest(f, 'sha256').hexdigest()
+  with _remote_errors(path), _gfile().GFile(path, 'rb') as f:
+    while chunk := f.read(_HASH_CHUNK):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def checksums(directory: str, names: Iterable[str]) -> Dict[str, Dict[str, Any]]:
+  """{name: {'bytes': size, 'sha256': hex}} of the files `names` (relative to `directory`)."""
+  return {name: {'bytes': getsize(posixpath.join(directory, name)),
+                 'sha256': sha256(posixpath.join(directory, name))} for name in names}
+
+
+def checksum_mismatches(directory: str, recorded: Dict[str, Dict[str, Any]]) -> List[str]:
+  """What no longer matches `recorded` (made by `checksums`): one phrase per file; [] if all do.
+
+  Sizes are compared first, so a truncated file is named as such without reading it.
+  """
+  problems = []
+  for name, expected in sorted(recorded.items()):
+    path = posixpath.join(directory, name)
+    if not exists(path) or isdir(path):
+      problems.append(f'{name} is missing')
+    elif getsize(path) != expected['bytes']:
+      problems.append(f'{name} has {getsize(path)} bytes, expected {expected["bytes"]}')
+    elif sha256(path) != expected['sha256']:
+      problems.append(f'{name} does not match the SHA-256 recorded when it was written')
+  return problems
 
 
 def upload(local_path: str, path: str):

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import uuid
 import weakref
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -50,7 +50,7 @@ __all__ = [
     'DATASETS', 'DataError', 'LatentDataset', 'check_dataset', 'corrupt_images', 'get_builder',
     'image_shape', 'make_eval_dataset', 'make_image_dataset', 'make_latent_dataset',
     'num_examples', 'outlier_pixel_count', 'preprocess_image', 'read_latent_dataset_builder',
-    'validate_manual_dir', 'write_latent_dataset'
+    'validate_manual_dir', 'write_latent_dataset', 'CorruptLatents'
 ]
 
 # This process feeds JAX; keep TensorFlow off any accelerator.
@@ -93,6 +93,11 @@ LATENT_DATASET_NAME = 'tsvae_latents'
 _LATENT_META_FILE = 'tsvae_latents.json'
 _LATENT_FORMAT_VERSION = 1
 _SHARD_BYTES = 256 << 20
+
+
+class CorruptLatents(DataError):
+  """A latent dataset that was complete (its marker lists every file) but no longer matches."""
+
 
 # ---------------------------------------------------------------------------------------------
 # Dataset names and shapes.
@@ -660,7 +665,8 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
   The result is a tfds dataset directory (tfrecord shards, `dataset_info.json`,
   `features.json`; features {'mu': Tensor((κ,), float32), 'sigma': Tensor((κ,), float32)},
   split 'train', rows in the given order), loadable with `tfds.builder_from_directory`, plus
-  `tsvae_latents.json` (counts and file sizes), the marker that readers require.
+  `tsvae_latents.json` (counts, and the size and SHA-256 of every other file), the marker that
+  readers require and verify.
 
   `directory` is either absent, the previous complete version, or the new complete version;
   never taken as complete while half written:
@@ -742,7 +748,8 @@ def _build_latent_dataset(tmp: str, mu: np.ndarray, sigma: np.ndarray):
       check_data=False, version='1.0.0',
       description='Stage-1 encoder outputs (mu, sigma) of the training images (tsvae).')
   meta = {'format_version': _LATENT_FORMAT_VERSION, 'num_examples': int(n),
-          'latent_dim': int(latent_dim), 'files': files}
+          'latent_dim': int(latent_dim), 'files': files,
+          'checksums': fileio.checksums(tmp, sorted(os.listdir(tmp)))}
   with open(os.path.join(tmp, _LATENT_META_FILE), 'w') as f:
     json.dump(meta, f, indent=2, sort_keys=True)
     f.flush()
@@ -811,11 +818,30 @@ class LatentDataset:
     return self._arrays[key]
 
 
+def _latent_file_damage(directory: str, meta: Dict[str, Any]) -> List[str]:
+  """The files that no longer match the marker `meta`: one phrase each ([] when all match)."""
+  if 'checksums' in meta:
+    return fileio.checksum_mismatches(directory, meta['checksums'])
+  # A marker written before checksums were recorded: the files' presence, the shards' sizes.
+  damage = [f'{name} is missing' for name in ('dataset_info.json', 'features.json')
+            if not fileio.exists(os.path.join(directory, name))]
+  for entry in meta['files']:
+    path = os.path.join(directory, entry['name'])
+    if not fileio.exists(path) or fileio.isdir(path):
+      damage.append(f'{entry["name"]} is missing')
+    elif fileio.getsize(path) != entry['bytes']:
+      damage.append(f'{entry["name"]} has {fileio.getsize(path)} bytes, expected '
+                    f'{entry["bytes"]}')
+  return damage
+
+
 def read_latent_dataset_builder(directory: str) -> LatentDataset:
   """Opens a latent dataset written by `write_latent_dataset`; DataError if absent/incomplete.
 
   Local or remote (gs://) `directory`; the dataset counts only with its `tsvae_latents.json`
-  marker and every file it lists at its recorded size.
+  marker, and every file it lists must have its recorded size and SHA-256. A dataset whose
+  marker is there but whose files no longer match raises `CorruptLatents` (a DataError): it was
+  complete once, so it is neither trained on nor silently written again.
   """
   directory = fileio.abspath(os.fspath(directory))
   what = (f'Latent dataset {directory} (written by write_latent_dataset after stage 1: '
@@ -833,26 +859,23 @@ def read_latent_dataset_builder(directory: str) -> LatentDataset:
   except (OSError, ValueError) as e:
     raise DataError(f'{what} is incomplete: cannot read {_LATENT_META_FILE} ({e}). Delete it '
                     'so it is written again.') from e
-  problems = []
+  problems, damage = [], []  # Damage: files that no longer match a complete dataset's marker.
   try:
-    for name in ('dataset_info.json', 'features.json'):
-      if not fileio.exists(os.path.join(directory, name)):
-        problems.append(f'{name} is missing')
     if meta.get('format_version') != _LATENT_FORMAT_VERSION:
       problems.append(f'unknown format_version {meta.get("format_version")!r}')
-    for entry in meta['files']:
-      path = os.path.join(directory, entry['name'])
-      if not fileio.exists(path) or fileio.isdir(path):
-        problems.append(f'{entry["name"]} is missing')
-      elif fileio.getsize(path) != entry['bytes']:
-        problems.append(f'{entry["name"]} has {fileio.getsize(path)} bytes, expected '
-                        f'{entry["bytes"]}')
+    damage = _latent_file_damage(directory, meta)
     if sum(int(e['examples']) for e in meta['files']) != int(meta['num_examples']):
       problems.append('shard lengths do not add up to num_examples')
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     problems.append(f'{_LATENT_META_FILE} is malformed ({e})')
   except OSError as e:
     problems.append(f'a file cannot be read ({e})')
+  if damage:
+    raise CorruptLatents(
+        f'{what} is corrupt: {"; ".join(damage[:5])}. It was complete when written (its '
+        f'{_LATENT_META_FILE} records every file), so it is not used: move it aside (or delete '
+        'it) and rerun, which encodes the training set again from the complete stage-1 '
+        'checkpoint.')
   if problems:
     raise DataError(f'{what} is incomplete: {"; ".join(problems)}. Delete it so it is written '
                     'again.')
