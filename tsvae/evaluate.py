@@ -42,6 +42,7 @@ from tsvae import fileio
 from tsvae import hostmem
 from tsvae import input_pipeline
 from tsvae import sampling
+from tsvae import workdir_lock
 from tsvae.evaluation import classifier as classifier_lib
 from tsvae.evaluation import diagnostics
 from tsvae.evaluation import expost_gmm
@@ -494,10 +495,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
   """
   from tsvae import two_stage  # pylint: disable=g-import-not-at-top
   experiment = two_stage.Experiment(config, workdir)
-  state1 = experiment.restore_stage('stage1')
-  state2 = (experiment.restore_stage('stage2') if config.stage2.get('enabled', True)
-            else None)
-  return evaluate_experiment(experiment, state1, state2)
+  with workdir_lock.hold(workdir, 'tsvae.evaluate'):  # It writes <workdir>/eval/.
+    state1 = experiment.restore_stage('stage1')
+    state2 = (experiment.restore_stage('stage2') if config.stage2.get('enabled', True)
+              else None)
+    return evaluate_experiment(experiment, state1, state2)
 
 
 def define_flags(flag_values=None, sys_argv=None):

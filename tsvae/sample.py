@@ -12,6 +12,10 @@ x ~ N(mean, γ_x² I) clipped to [0, 1]. With a small learned γ_x the two look 
 With `--stage2_noise_scales` it also writes `<workdir>/samples/stage2_noise_scales.png`: one
 stage-2 grid per scale s, left to right, of z = ẑ(u) + s·γ_z·ε with the same u and ε
 (`config.sampling.stage2_noise_scale`; 1 = the reference, 0 = the stage-2 decoder mean).
+
+`--output_dir=DIR` writes the grids to DIR instead. Writing into the workdir takes its lock
+(`tsvae.workdir_lock`: exit 2 while another process writes it); writing elsewhere only reads the
+workdir, so it runs beside a training or evaluation of it.
 """
 
 import os
@@ -30,9 +34,10 @@ from tsvae import input_pipeline
 from tsvae import sampling
 from tsvae import train
 from tsvae import two_stage
+from tsvae import workdir_lock
 
 
-def write_mean_vs_ancestral(experiment, state1, state2=None) -> str:
+def write_mean_vs_ancestral(experiment, state1, state2=None, out_dir=None) -> str:
   """The side-by-side grid; `state2` None = a single-stage model (stage-1 prior samples)."""
   c = experiment.config
   n = c.sampling.num_grid_images
@@ -47,7 +52,8 @@ def write_mean_vs_ancestral(experiment, state1, state2=None) -> str:
                                     sampling.variables_of(state2), rng, n, pixel_noise=noise)
 
   grids = [images.make_grid(generate(noise), int(np.ceil(np.sqrt(n)))) for noise in (False, True)]
-  path = os.path.join(experiment.workdir, two_stage.SAMPLES_DIR, 'mean_vs_ancestral.png')
+  path = os.path.join(out_dir or os.path.join(experiment.workdir, two_stage.SAMPLES_DIR),
+                      'mean_vs_ancestral.png')
   if jax.process_index() == 0:
     images.save_png(path, images.side_by_side(grids))
   return path
@@ -65,7 +71,8 @@ def parse_noise_scales(values: Sequence[str]) -> list:
   return scales
 
 
-def write_noise_scales(experiment, state1, state2, scales: Sequence[float]) -> str:
+def write_noise_scales(experiment, state1, state2, scales: Sequence[float],
+                       out_dir=None) -> str:
   """Stage-2 grids at each noise scale in `scales`, side by side (same u and ε)."""
   if not scales:
     raise config_lib.ConfigError('write_noise_scales needs at least one noise scale.')
@@ -77,7 +84,8 @@ def write_noise_scales(experiment, state1, state2, scales: Sequence[float]) -> s
   grids = [images.make_grid(sampling.generate_stage2(
       experiment.model1, v1, experiment.model2, v2, rng, n, pixel_noise=c.sampling.pixel_noise,
       noise_scale=scale), int(np.ceil(np.sqrt(n)))) for scale in scales]
-  path = os.path.join(experiment.workdir, two_stage.SAMPLES_DIR, 'stage2_noise_scales.png')
+  path = os.path.join(out_dir or os.path.join(experiment.workdir, two_stage.SAMPLES_DIR),
+                      'stage2_noise_scales.png')
   if jax.process_index() == 0:
     images.save_png(path, images.side_by_side(grids))
   return path
@@ -95,17 +103,23 @@ def main(argv):
       raise config_lib.ConfigError('--stage2_noise_scales needs a stage 2; this workdir is '
                                    'single-stage (config.stage2.enabled=False).')
     experiment = two_stage.Experiment(config, flags.FLAGS.workdir)
+    out_dir = flags.FLAGS.output_dir or os.path.join(flags.FLAGS.workdir, two_stage.SAMPLES_DIR)
+    if workdir_lock.is_inside(out_dir, flags.FLAGS.workdir):  # Only a writer takes the lock.
+      workdir_lock.hold_until_exit(flags.FLAGS.workdir, 'tsvae.sample')
     state2 = (experiment.restore_stage('stage2') if config.stage2.get('enabled', True)
               else None)
     state1 = experiment.restore_stage('stage1')
-    print(write_mean_vs_ancestral(experiment, state1, state2))
+    print(write_mean_vs_ancestral(experiment, state1, state2, out_dir))
     if scales:
-      print(write_noise_scales(experiment, state1, state2, scales))
+      print(write_noise_scales(experiment, state1, state2, scales, out_dir))
   except (config_lib.ConfigError, input_pipeline.DataError,
           checkpointing.CheckpointError) as err:
     train.fail(f'tsvae.sample: {err}', 2)
 
 
+flags.DEFINE_string('output_dir', '', 'Where to write the grids (default <workdir>/samples). '
+                    'Outside the workdir tsvae.sample only reads it: it takes no lock and runs '
+                    'beside a training or evaluation of that workdir.')
 flags.DEFINE_list('stage2_noise_scales', [], 'Also write samples/stage2_noise_scales.png: a '
                   'stage-2 grid per noise scale (e.g. 1,0.5,0), side by side.')
 

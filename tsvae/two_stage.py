@@ -34,6 +34,7 @@ from tsvae import losses
 from tsvae import models
 from tsvae import sampling
 from tsvae import train
+from tsvae import workdir_lock
 
 LATENTS_DIR = 'latents'
 SAMPLES_DIR = 'samples'
@@ -199,6 +200,8 @@ class Experiment:
     try:
       input_pipeline.read_latent_dataset_builder(self.latents_dir)
       return True
+    except input_pipeline.CorruptLatents:
+      raise  # Complete once, damaged since: an error, never silently encoded again.
     except input_pipeline.DataError:
       return False
 
@@ -277,6 +280,13 @@ class Experiment:
   # ------------------------------------------------------------------------- all
 
   def run(self) -> Dict[str, Any]:
+    """The whole run, holding the workdir's lock (WorkdirBusy if another process writes it)."""
+    with workdir_lock.hold(self.workdir, 'tsvae.main'):
+      # Checked again: another writer may have recorded its config since __init__ checked.
+      config_lib.check_workdir(self.config, self.workdir)
+      return self._run_locked()
+
+  def _run_locked(self) -> Dict[str, Any]:
     if jax.process_index() == 0:
       config_lib.record_config(self.config, self.workdir)
     state1 = self.run_stage(self.stage1_spec())
