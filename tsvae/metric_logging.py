@@ -1,8 +1,11 @@
 """Metric writers: TensorBoard scalars (clu) plus a JSON-lines file, and human progress lines.
 
 `metrics.jsonl` holds one JSON object per logged step, e.g.
-`{"stage": "stage1", "step": 200, "loss": 123.4, "loggamma": -1.2, "steps_per_sec": 6.1, ...}`;
-it is what benchmarks and notebooks read. Only process 0 writes; other processes log nothing.
+`{"stage": "stage1", "step": 200, "attempt": "2026-12-05T10:11:12.345678Z host:4242",
+"loss": 123.4, "loggamma": -1.2, "steps_per_sec": 6.1, ...}`; it is what benchmarks and notebooks
+read. Only process 0 writes; other processes log nothing. `attempt` names the process that wrote
+the row (its start time in UTC, sortable as text, then host:pid): steps re-run after a resume
+appear again under a later attempt, so a reader keeps the last row per (stage, step).
 
 On a local workdir each record is appended and flushed at once. An object in a remote workdir
 (gs://) cannot be appended to, so there the file is rewritten whole (atomically, see
@@ -11,9 +14,11 @@ loop flushes at the end of each stage, SIGTERM included): a SIGKILL loses at mos
 the last `REMOTE_UPLOAD_SECS` seconds there, and the file is never half written.
 """
 
+import datetime
 import json
 import logging as logging_std
 import os
+import socket
 import time
 from typing import Any, Mapping, Optional
 
@@ -27,6 +32,16 @@ from tsvae import fileio
 
 # Remote metrics.jsonl: the longest time a record waits before the file is uploaded again.
 REMOTE_UPLOAD_SECS = 30.0
+
+
+def attempt_id() -> str:
+  """This moment in UTC (to the microsecond, sortable as text), this host and pid."""
+  now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+  return f'{now} {socket.gethostname()}:{os.getpid()}'
+
+
+# The attempt of this process: every metrics.jsonl row it writes carries it.
+ATTEMPT = attempt_id()
 
 class JsonlWriter(interface.MetricWriter):
   """Appends scalars as JSON lines (local or remote `path`); other summary kinds are ignored."""
@@ -110,7 +125,8 @@ def create_writer(workdir: str, stage: str) -> metric_writers.MetricWriter:
     return metric_writers.MultiWriter([])
   return metric_writers.MultiWriter([
       metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard', stage)),
-      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), extra={'stage': stage}),
+      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'),
+                  extra={'stage': stage, 'attempt': ATTEMPT}),
   ])
 
 
