@@ -7,10 +7,13 @@ compares the resumed run's parameters with an uninterrupted run's: they must be 
 """
 
 import glob
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import ml_collections
@@ -23,6 +26,7 @@ from tsvae import faults
 from tsvae import input_pipeline
 from tsvae import train
 from tsvae import two_stage
+from tsvae import workdir_lock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 64 training images, batch 8: 8 steps per epoch. Stage 1: 12 steps (1.5 epochs), stage 2: 16.
@@ -42,17 +46,31 @@ def _config(data_dirs):
   return tiny_config(data__manual_dir=manual_dir, data__data_dir=data_dir, **RUN)
 
 
-def _run(workdir, data_dirs, fault=None):
+def _command(workdir, data_dirs):
   manual_dir, data_dir = data_dirs
+  return [sys.executable, '-m', 'tsvae.main', '--config=configs/default.py',
+          f'--workdir={workdir}', f'--config.data.manual_dir={manual_dir}',
+          f'--config.data.data_dir={data_dir}', *tiny_flags(**RUN)]
+
+
+def _env(fault=None):
   env = dict(os.environ)
   env.pop(faults.ENV_VAR, None)
   if fault:
     env[faults.ENV_VAR] = fault
-  cmd = [sys.executable, '-m', 'tsvae.main', '--config=configs/default.py',
-         f'--workdir={workdir}', f'--config.data.manual_dir={manual_dir}',
-         f'--config.data.data_dir={data_dir}', *tiny_flags(**RUN)]
-  return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
+  return env
+
+
+def _run(workdir, data_dirs, fault=None):
+  return subprocess.run(_command(workdir, data_dirs), cwd=REPO_ROOT, env=_env(fault),
+                        capture_output=True, text=True, timeout=600)
+
+
+def _last_rows(workdir):
+  """metrics.jsonl as the README reads it: the last row per (stage, step), by attempt."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = sorted(map(json.loads, f), key=lambda r: r['attempt'])
+  return {(r['stage'], r['step']): r for r in rows}
 
 
 def _final_params(workdir, data_dirs):
@@ -109,6 +127,14 @@ def test_sigkill_at_every_phase_then_resume_is_bitwise_identical(tmp_path, data)
 
   (b1, b2), (k1, k2) = _final_params(baseline, data), _final_params(workdir, data)
   assert int(k1.step) == 12 and int(k2.step) == 16
+  # Re-run steps were logged again by later attempts; the last row per (stage, step) is the
+  # uninterrupted run's (same loss, bitwise).
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    attempts = {json.loads(line)['attempt'] for line in f}
+  assert len(attempts) == len(chain)  # Each killed run logged; the last one only drew samples.
+  killed_rows, baseline_rows = _last_rows(workdir), _last_rows(baseline)
+  assert killed_rows.keys() == baseline_rows.keys()
+  assert all(killed_rows[k]['loss'] == baseline_rows[k]['loss'] for k in baseline_rows)
   for field in ('params', 'batch_stats', 'opt_state', 'rng'):
     _assert_bitwise_equal(getattr(b1, field), getattr(k1, field))
     _assert_bitwise_equal(getattr(b2, field), getattr(k2, field))
@@ -177,6 +203,98 @@ def test_corrupt_checkpoint_is_one_clear_error_and_nothing_changes(tmp_path, dat
   assert 'stage1/checkpoints/12 cannot be restored' in result.stderr
   assert 'previous checkpoint (step 8)' in result.stderr
   assert _snapshot(workdir) == before
+
+
+def _flip_one_byte(path):
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_flipped_byte_in_a_checkpoint_array_file_is_one_clear_error(tmp_path, data,
+                                                                    finished_run):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(finished_run, workdir)
+  array_files = glob.glob(os.path.join(workdir, 'stage1', 'checkpoints', '12', 'state',
+                                       'ocdbt.process_0', 'd', '*'))
+  victim = max(array_files, key=os.path.getsize)
+  _flip_one_byte(victim)
+  before = _snapshot(workdir)
+  result = _run(workdir, data)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'stage1/checkpoints/12 cannot be restored' in result.stderr
+  assert (f'state/ocdbt.process_0/d/{os.path.basename(victim)} does not match the SHA-256 '
+          'recorded when it was written') in result.stderr
+  assert 'previous checkpoint (step 8)' in result.stderr
+  assert _snapshot(workdir) == before
+
+
+def test_flipped_byte_in_a_latents_shard_is_one_clear_error(tmp_path, data, finished_run):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(finished_run, workdir)
+  shard, = glob.glob(os.path.join(workdir, 'latents', '*.tfrecord-*'))
+  _flip_one_byte(shard)
+  before = _snapshot(workdir)
+  result = _run(workdir, data)
+  assert result.returncode == 2, result.stderr[-3000:]
+  message = ' '.join(result.stderr.split())  # absl may wrap long lines.
+  assert (f'is corrupt: {os.path.basename(shard)} does not match the SHA-256 recorded when it '
+          'was written' in message and 'move it aside' in message), result.stderr[-3000:]
+  assert _snapshot(workdir) == before  # Not encoded again, not trained on.
+
+
+def test_second_writer_exits_2_and_the_first_finishes_unchanged(tmp_path, data, finished_run):
+  workdir = str(tmp_path / 'run')
+  first = subprocess.Popen(_command(workdir, data), cwd=REPO_ROOT, env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  lock_file = os.path.join(workdir, 'LOCK')
+  deadline = time.time() + 300
+  while first.poll() is None and time.time() < deadline:
+    try:
+      if json.load(open(lock_file))['pid'] == first.pid:
+        break
+    except (OSError, ValueError):
+      pass
+    time.sleep(0.1)
+  second = _run(workdir, data)
+  first_was_running = first.poll() is None
+  first_stderr = first.communicate(timeout=600)[1]
+  assert first.returncode == 0, first_stderr[-3000:]
+  assert first_was_running  # The second came and went while the first held the workdir.
+  assert second.returncode == 2, second.stderr[-3000:]
+  assert (f'in use by host {socket.gethostname()}, pid {first.pid}, since' in second.stderr and
+          'wait for it, or use another workdir' in second.stderr), second.stderr[-3000:]
+  # The first run ended as an uninterrupted run does, every step logged once, by one attempt.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  assert len({r['attempt'] for r in rows}) == 1
+  assert sorted((r['stage'], r['step']) for r in rows) == sorted(_last_rows(finished_run))
+  (b1, b2), (k1, k2) = _final_params(finished_run, data), _final_params(workdir, data)
+  for field in ('params', 'batch_stats', 'opt_state', 'rng'):
+    _assert_bitwise_equal(getattr(b1, field), getattr(k1, field))
+    _assert_bitwise_equal(getattr(b2, field), getattr(k2, field))
+  assert not os.path.exists(lock_file)
+
+
+def test_sample_writing_elsewhere_runs_beside_a_writer(tmp_path, data, finished_run):
+  manual_dir, data_dir = data
+  cmd = [sys.executable, '-m', 'tsvae.sample', f'--workdir={finished_run}',
+         f'--config.data.manual_dir={manual_dir}', f'--config.data.data_dir={data_dir}']
+  before = _snapshot(finished_run)
+  with workdir_lock.hold(finished_run, 'a writer', process_index=0, process_count=1):
+    into_workdir = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True,
+                                  text=True, timeout=600)
+    elsewhere = subprocess.run(cmd + [f'--output_dir={tmp_path / "grids"}'], cwd=REPO_ROOT,
+                               env=_env(), capture_output=True, text=True, timeout=600)
+  assert into_workdir.returncode == 2, into_workdir.stderr[-3000:]
+  assert '(a writer); wait for it, or use another workdir' in into_workdir.stderr
+  assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]
+  assert os.path.getsize(tmp_path / 'grids' / 'mean_vs_ancestral.png') > 0
+  assert _snapshot(finished_run) == before  # The reader changed nothing in the workdir.
 
 
 def test_disk_full_while_checkpointing(tmp_path, monkeypatch):
