@@ -92,10 +92,13 @@ class KernelLock:
         self._fd = fd
       else:  # The previous holder deleted the file between our open and flock: take the new one.
         os.close(fd)
-    data = json.dumps(self.record).encode()
-    os.ftruncate(self._fd, 0)
-    os.pwrite(self._fd, data, 0)
-    os.fsync(self._fd)
+    try:
+      os.ftruncate(self._fd, 0)
+      os.pwrite(self._fd, json.dumps(self.record).encode(), 0)
+      os.fsync(self._fd)
+    except OSError:
+      self.release()
+      raise
 
   def _still_linked(self, fd: int) -> bool:
     try:
@@ -114,9 +117,13 @@ class KernelLock:
 
   def release(self):
     if self._fd is not None:
-      os.remove(self.path)  # While still locked, so no one locks the file being deleted.
-      os.close(self._fd)
-      self._fd = None
+      try:
+        os.remove(self.path)  # While still locked, so no one locks the file being deleted.
+      except OSError as e:
+        logging.warning('Could not delete the lock file %s (%s).', self.path, e)
+      finally:
+        os.close(self._fd)
+        self._fd = None
 
 
 class Lease:
@@ -190,9 +197,13 @@ class Lease:
     self._stop.set()
     if self._renewer is not None:
       self._renewer.join()
-    current = self._read()
-    if current and current.get('token') == self.record['token']:
-      fileio.remove(self.path)
+    try:
+      current = self._read()
+      if current and current.get('token') == self.record['token']:
+        fileio.remove(self.path)
+    except OSError as e:  # It expires by itself.
+      logging.warning('Could not delete the lease %s (%s); it expires within %.0f s.',
+                      self.path, e, self._lease_seconds)
 
 
 def _job_shape(process_index: Optional[int], process_count: Optional[int]):
