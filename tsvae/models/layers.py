@@ -437,11 +437,13 @@ class ZeroDebiasBatchNorm(nn.BatchNorm):
       mean, var = ra_mean.value, ra_var.value
     else:
       mean, var = _bn._compute_stats(  # pylint: disable=protected-access
-          x, reduction_axes, dtype=self.dtype, axis_name=None,
+          x, reduction_axes, dtype=self.dtype,
+          axis_name=None if self.is_initializing() else self.axis_name,
+          axis_index_groups=self.axis_index_groups,
           use_fast_variance=self.use_fast_variance, mask=mask)
       if not self.is_initializing():
         t = step.value + 1.0
-        # 1 − d^t as −expm1(t·log d): no cancellation at small t (d = 0.999 in float32 is not).
+        # 1 − d^t as −expm1(t·log d): 1 − float32(0.999)^t would lose ~1e-5 (relative) at t = 1.
         weight = (1.0 - self.momentum) / -jnp.expm1(t * math.log(self.momentum))
         ra_mean.value = ra_mean.value + (mean - ra_mean.value) * weight
         ra_var.value = ra_var.value + (var - ra_var.value) * weight
