@@ -27,6 +27,10 @@ from tsvae import hostmem  # pylint: disable=g-import-not-at-top,wrong-import-po
 
 hostmem.tune_malloc_for_training()
 
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+logging.set_verbosity(logging.INFO)  # The extractor's progress lines.
+
 import step_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
