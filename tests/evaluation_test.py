@@ -670,7 +670,7 @@ def _check_metrics(metrics, workdir, config, num_samples):
   for key in EXPECTED_KEYS:
     assert key in metrics, key
   assert metrics['num_samples'] == num_samples
-  for name in ('stage2', 'stage1', 'recon', 'gmm'):
+  for name in ('stage2', 'stage1', 'recon', 'gmm', 'train'):
     assert metrics[f'fid_{name}'] is None  # No weights offline: never a number...
     assert 'downloading is disabled' in metrics['null_reasons'][f'fid_{name}']
   for name in ('stage2', 'stage1', 'recon', 'train', 'gmm'):
@@ -737,7 +737,10 @@ def test_fid_path_with_weights_available(evaluated_run, random_inception, monkey
   assert metrics['inception_weights_sha256'] == 'f' * 64
   assert metrics['fid_preprocess'] == 'tf_graph'
   assert metrics['inception_compute_dtype'] == 'float32'
-  for name in ('stage2', 'stage1', 'recon', 'gmm'):
+  for name in ('stage2', 'stage1', 'recon', 'gmm', 'train'):
     assert np.isfinite(metrics[f'fid_{name}']) and metrics[f'fid_{name}'] >= 0
-  cached = os.listdir(os.path.join(cache_dir, 'fid_stats'))
-  assert len(cached) == 1 and cached[0].startswith('mnist_test_n8_seed0_tf_graph_float32_wffff')
+  # The test and the training (floor) statistics are cached, named by what they are.
+  cached = sorted(os.listdir(os.path.join(cache_dir, 'fid_stats')))
+  assert len(cached) == 2
+  assert cached[0].startswith('mnist_test_n8_seed0_tf_graph_float32_wffff')
+  assert cached[1].startswith('mnist_train_n8_seed0_tf_graph_float32_wffff')

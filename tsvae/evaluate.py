@@ -62,6 +62,8 @@ METRIC_LABELS = {
     'fid_stage1': 'FID of stage-1 samples (z ~ N(0, I) through the stage-1 decoder)',
     'fid_recon': 'FID of reconstructions of the test images',
     'fid_gmm': 'FID of ex-post GMM samples (see proxy_fd_gmm)',
+    'fid_train': ('FID of as many random real training images: the floor of FID at this '
+                  'sample size and protocol'),
     'proxy_fd_stage2': ('Frechet classifier distance (proxy FD: penultimate features of the '
                         'project\'s own CNN classifier; NOT comparable to published FID) of '
                         'stage-2 samples'),
@@ -249,6 +251,10 @@ def evaluate_experiment(experiment, state1, state2=None) -> Dict[str, Any]:
     metrics[key] = None
     reasons[key] = reason
 
+  # Real training images: each metric's floor (against the same test images).
+  num_train = min(n, input_pipeline.num_examples(builder, 'train'))
+  train_uint8 = _images(experiment, 'train', num_train, eval_seed, batch)
+
   # ------------------------------------------------------------------ proxy FD
   t = time.time()
   try:
@@ -264,8 +270,6 @@ def evaluate_experiment(experiment, state1, state2=None) -> Dict[str, Any]:
     for name, reason in missing.items():
       null(f'proxy_fd_{name}', reason)
     # The metric's floor: real training images against the same test images.
-    num_train = min(n, input_pipeline.num_examples(builder, 'train'))
-    train_uint8 = _images(experiment, 'train', num_train, eval_seed, batch)
     metrics['proxy_fd_train'] = frechet.frechet_distance_from_stats(
         frechet.gaussian_stats(clf.features(train_uint8)), reference)
     metrics['classifier_test_accuracy'] = clf.test_accuracy
@@ -285,9 +289,10 @@ def evaluate_experiment(experiment, state1, state2=None) -> Dict[str, Any]:
   # ------------------------------------------------------------------ FID
   t = time.time()
   real = fid_lib.RealSet(test_uint8, c.dataset, 'test', eval_seed)
-  scored = fid_lib.fid_scores(generated, real, e, cache_dir, write)
+  floor = fid_lib.RealSet(train_uint8, c.dataset, 'train', eval_seed)
+  scored = fid_lib.fid_scores(generated, real, e, cache_dir, write, floor=floor)
   reason = scored['reason']
-  for name in SAMPLE_SETS:
+  for name in SAMPLE_SETS + ('train',):
     if name in missing:
       null(f'fid_{name}', missing[name])
     elif scored['fids'][name] is None:

@@ -67,11 +67,13 @@ def protocol(eval_config) -> Dict[str, Any]:
 
 
 def fid_scores(generated: Mapping[str, np.ndarray], real: RealSet, eval_config,
-               cache_dir: str, write: bool) -> Dict[str, Any]:
+               cache_dir: str, write: bool,
+               floor: Optional[RealSet] = None) -> Dict[str, Any]:
   """{'fids': {set: FID or None}, 'reason': why None or None, plus the protocol's record}.
 
-  `generated`: float images in [0, 1] per set name. The weights are found (and fetched when
-  config.eval.allow_download) by `inception_weights.find`.
+  `generated`: float images in [0, 1] per set name. `floor`: real images of another split,
+  scored as 'train' (their statistics cached like the test set's). The weights are found (and
+  fetched when config.eval.allow_download) by `inception_weights.find`.
   """
   settings = protocol(eval_config)
   record: Dict[str, Any] = dict(settings, inception_weights=None,
@@ -79,7 +81,8 @@ def fid_scores(generated: Mapping[str, np.ndarray], real: RealSet, eval_config,
   weights, reason = inception_weights.find(
       eval_config.get('inception_weights', ''), cache_dir,
       allow_download=bool(eval_config.get('allow_download', True)))
-  fids: Dict[str, Optional[float]] = {name: None for name in generated}
+  names = list(generated) + (['train'] if floor is not None else [])
+  fids: Dict[str, Optional[float]] = {name: None for name in names}
   if weights is None:
     return dict(record, fids=fids, reason=reason)
   record.update(inception_weights=weights.describe(), inception_weights_sha256=weights.sha256)
@@ -96,9 +99,12 @@ def fid_scores(generated: Mapping[str, np.ndarray], real: RealSet, eval_config,
           frechet.gaussian_stats(extractor(images)), reference)
       logging.info('FID %s: %.3f (%d images, %.0f s)', name, fids[name], len(images),
                    time.time() - t_set)
+    if floor is not None:
+      fids['train'] = frechet.frechet_distance_from_stats(
+          real_stats(cache_dir, floor, extractor, weights.sha256, write), reference)
   except Exception as err:  # pylint: disable=broad-except
     logging.exception('FID failed.')
-    return dict(record, fids={name: None for name in generated},
+    return dict(record, fids={name: None for name in names},
                 reason=f'FID computation failed: {type(err).__name__}: {err}')
   record['fid_seconds'] = time.time() - t
   return dict(record, fids=fids, reason=None)
