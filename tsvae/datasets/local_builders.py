@@ -437,6 +437,19 @@ class TsvaeFashionMnist(_IdxBuilder):
     )
 
 
+def cifar10_info_fields() -> Dict[str, Any]:
+  """DatasetInfo fields shared by both CIFAR-10 builders (local files, download route)."""
+  return dict(
+      features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(32, 32, 3)),
+          'label': tfds.features.ClassLabel(names=list(CIFAR10_CLASSES)),
+      }),
+      supervised_keys=('image', 'label'),
+      homepage='https://www.cs.toronto.edu/~kriz/cifar.html',
+      disable_shuffling=True,
+  )
+
+
 class TsvaeCifar10(_LocalBuilder):
   """CIFAR-10 from a zip (or folders) of per-class JPEGs in the manual dir."""
 
@@ -449,14 +462,7 @@ class TsvaeCifar10(_LocalBuilder):
         builder=self,
         description=('CIFAR-10 read from local per-class image files (decoded with PIL, '
                      'stored losslessly), in sorted path order.'),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(32, 32, 3)),
-            'label': tfds.features.ClassLabel(names=list(CIFAR10_CLASSES)),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://www.cs.toronto.edu/~kriz/cifar.html',
-        disable_shuffling=True,
-    )
+        **cifar10_info_fields())
 
   def _split_generators(self, dl_manager):
     spec = self._checked_manual_dir(dl_manager)

@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 
 from tsvae.datasets.errors import DataError
 from tsvae.datasets.local_builders import CIFAR10_CLASSES
+from tsvae.datasets.local_builders import cifar10_info_fields
 
 #: PIL's default JPEG quality, what `scipy.misc.imsave` wrote.
 JPEG_QUALITY = 75
@@ -49,14 +50,7 @@ class TsvaeCifar10JpegQ75(tfds.core.GeneratorBasedBuilder):
         description=('CIFAR-10 from the stock tfds builder, each image round-tripped through '
                      f'JPEG at PIL quality {JPEG_QUALITY} (the Two-Stage VAE authors\' '
                      'preprocess.py), stored losslessly.'),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(32, 32, 3)),
-            'label': tfds.features.ClassLabel(names=list(CIFAR10_CLASSES)),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://www.cs.toronto.edu/~kriz/cifar.html',
-        disable_shuffling=True,
-    )
+        **cifar10_info_fields())
 
   def _stock_builder(self):
     stock = tfds.builder(STOCK_CIFAR10, data_dir=self.data_dir_root)
