@@ -351,6 +351,12 @@ def test_inception_features_shape_determinism_batch_invariance(random_inception)
   np.testing.assert_allclose(alone[0], first[0], rtol=1e-5, atol=1e-5)
   # Grayscale is repeated to 3 channels.
   np.testing.assert_array_equal(extractor(np.repeat(images[:4], 3, axis=-1)), first)
+  # The batch is split over the devices (two here, conftest.py); on one device: the same.
+  assert jax.local_device_count() == 2 and extractor.batch_size == 4
+  one = inception.FeatureExtractor(variables, batch_size=3, devices=jax.local_devices()[:1])
+  assert one.batch_size == 3
+  np.testing.assert_allclose(one(images[:4]), first, rtol=1e-5, atol=1e-5)
+  assert inception.FeatureExtractor(variables, batch_size=3).batch_size == 4  # Rounded up.
 
 
 def _files_in(directory):
