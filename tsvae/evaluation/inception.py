@@ -37,6 +37,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from tsvae.evaluation import diagnostics
+
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 _BN_EPS = 1e-3
@@ -516,8 +518,8 @@ class FeatureExtractor:
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
     self.variables = jax.device_put(variables, replicated)
     self._apply = jax.jit(model.apply, in_shardings=(replicated, split), out_shardings=split)
-    devices = mesh.devices.size
-    self.batch_size = -(-int(batch_size) // devices) * devices  # A multiple of the devices.
+    num_devices = mesh.devices.size
+    self.batch_size = -(-int(batch_size) // num_devices) * num_devices  # A multiple of them.
     self.preprocessing = preprocessing
     self.compute_dtype = compute_dtype
 
@@ -528,19 +530,19 @@ class FeatureExtractor:
       raise ValueError(f'expected [N, H, W, 1 or 3] images, got shape {images.shape}.')
     if images.shape[-1] == 1:
       images = np.repeat(images, 3, axis=-1)
-    out = []
-    b = self.batch_size
-    progress = _Progress(len(images))
-    for start in range(0, len(images), b):
-      chunk = images[start:start + b]
-      n = len(chunk)
-      if n < b:
-        chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(self._apply(self.variables, chunk))[:n])
-      progress.update(start + n)
-    if not out:
+    if not len(images):
       return np.zeros((0, FEATURE_DIM), np.float32)
-    return np.concatenate(out)
+    progress = _Progress(len(images))
+    done = 0
+
+    def features(batch):
+      nonlocal done
+      out = self._apply(self.variables, batch)
+      done = min(done + len(batch), len(images))
+      progress.update(done)
+      return out
+
+    return diagnostics.map_padded(features, images, self.batch_size)
 
   @property
   def name(self) -> str:
