@@ -544,11 +544,6 @@ class FeatureExtractor:
 
     return diagnostics.map_padded(features, images, self.batch_size)
 
-  @property
-  def name(self) -> str:
-    return f'fid_inception_v3_pool3_{self.preprocessing}_{self.compute_dtype}'
-
-
 def random_variables(seed: int = 0) -> Dict[str, Any]:
   """He-initialised random weights with unit BN statistics (for tests without the file)."""
   rng = np.random.default_rng(seed)
