@@ -82,6 +82,20 @@ def test_rerun_of_finished_workdir_skips_all_training(mock_run):
   assert int(again['state1'].step) == 5 and int(again['state2'].step) == 10
 
 
+def test_stage2_batch_size_sets_stage2_steps_only(tmp_path):
+  config = tiny_config(stage2__batch_size=16)
+  with tfds.testing.mock_data(num_examples=40):
+    result = two_stage.run(config, str(tmp_path))
+  assert int(result['state1'].step) == 5  # Stage 1 keeps config.batch_size = 8.
+  assert int(result['state2'].step) == 4  # 40 // 16 = 2 steps per epoch, two epochs.
+  rows = [r for r in _metric_lines(str(tmp_path)) if r['stage'] == 'stage2']
+  assert rows[-1]['step'] == 4
+  # 0 (the default) is config.batch_size, so runs from before the key keep their fingerprint.
+  assert config_lib.stage2_batch_size(tiny_config()) == 8
+  assert config_lib.experiment_keys(tiny_config()) == config_lib.experiment_keys(
+      tiny_config(stage2__batch_size=0))
+
+
 def test_workdir_of_another_experiment_is_refused_untouched(mock_run):
   _, workdir, _ = mock_run
   before = _snapshot(workdir)
@@ -104,6 +118,9 @@ def test_run_control_keys_may_change_on_resume(mock_run):
     (dict(latent_dim=0), config_lib.ConfigError, 'latent_dim must be a positive'),
     (dict(stage1__max_steps=0), config_lib.ConfigError, 'max_steps'),
     (dict(stage1__reconstruction_loss='l2'), config_lib.ConfigError, 'reconstruction_loss'),
+    (dict(stage2__batch_size=-8), config_lib.ConfigError, 'stage2.batch_size must be'),
+    (dict(stage2__batch_size=7), config_lib.ConfigError,
+     'stage2.batch_size=7 is not divisible by the 2 devices'),
     (dict(data__manual_dir='/nonexistent/mnist'), input_pipeline.DataError,
      'train-images-idx3-ubyte'),
 ])

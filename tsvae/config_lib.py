@@ -67,6 +67,8 @@ IMPLICIT_DEFAULTS.update({  # Stage-1 model families (issue #4); 'vae' is the re
 # Issue #13: the reference's bias-corrected BN averages are the default now, but a workdir that
 # does not record the key trained with Flax's plain EMA; its checkpoints have no BN step counter.
 IMPLICIT_DEFAULTS['stage1.bn_zero_debias'] = False
+# Issue #19: stage 2's own batch size (0 = config.batch_size, which every earlier run used).
+IMPLICIT_DEFAULTS['stage2.batch_size'] = 0
 _ABSENT = object()
 
 
@@ -174,12 +176,27 @@ def validate(config, *, num_devices: int, num_processes: int = 1):
   except ValueError as e:
     raise ConfigError(f'config.dataset={config.dataset!r} gives {shape[0]}x{shape[1]}x'
                       f'{shape[2]} images: {e}') from None
-  if config.batch_size % num_devices:
+  _check_batch_size('batch_size', config.batch_size, num_devices, num_processes)
+  stage2_batch = config.stage2.get('batch_size', 0)
+  if not isinstance(stage2_batch, int) or isinstance(stage2_batch, bool) or stage2_batch < 0:
+    raise ConfigError('config.stage2.batch_size must be a non-negative integer (0 = '
+                      f'config.batch_size), got {stage2_batch!r}.')
+  if stage2_batch:
+    _check_batch_size('stage2.batch_size', stage2_batch, num_devices, num_processes)
+
+
+def stage2_batch_size(config) -> int:
+  """Stage 2's global batch: config.stage2.batch_size, or config.batch_size when that is 0."""
+  return int(config.stage2.get('batch_size', 0)) or int(config.batch_size)
+
+
+def _check_batch_size(key: str, value: int, num_devices: int, num_processes: int):
+  if value % num_devices:
     raise ConfigError(
-        f'config.batch_size={config.batch_size} is not divisible by the {num_devices} '
+        f'config.{key}={value} is not divisible by the {num_devices} '
         f'devices the batch is split over; use a multiple of {num_devices}.')
-  if config.batch_size % num_processes:
-    raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
+  if value % num_processes:
+    raise ConfigError(f'config.{key}={value} is not divisible by the '
                       f'{num_processes} processes.')
 
 

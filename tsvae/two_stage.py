@@ -114,12 +114,13 @@ class Experiment:
         self._builder = prepare()
     return self._builder
 
-  def steps_per_epoch(self, num_examples: int) -> int:
+  def steps_per_epoch(self, num_examples: int, batch_size: Optional[int] = None) -> int:
+    batch_size = batch_size or self.config.batch_size
     per_process = num_examples // jax.process_count()
-    steps = per_process // (self.config.batch_size // jax.process_count())
+    steps = per_process // (batch_size // jax.process_count())
     if steps == 0:
       raise input_pipeline.DataError(
-          f'{num_examples} training examples give no full batch of {self.config.batch_size}.')
+          f'{num_examples} training examples give no full batch of {batch_size}.')
     return steps
 
   def _train_kwargs(self):
@@ -155,20 +156,21 @@ class Experiment:
   def stage2_spec(self) -> train.StageSpec:
     c = self.config
     latents = input_pipeline.read_latent_dataset_builder(self.latents_dir)
-    steps = self.steps_per_epoch(latents.num_examples)
+    batch_size = config_lib.stage2_batch_size(c)
+    steps = self.steps_per_epoch(latents.num_examples, batch_size)
 
     def epoch_batches(epoch, skip):
       return tfds.as_numpy(input_pipeline.make_latent_dataset(
-          latents, global_batch_size=c.batch_size, shuffle_seed=c.seed + 1, epoch=epoch,
+          latents, global_batch_size=batch_size, shuffle_seed=c.seed + 1, epoch=epoch,
           skip_batches=skip))
 
-    local_batch = c.batch_size // jax.process_count()
+    local_batch = batch_size // jax.process_count()
     example = np.zeros((local_batch, c.latent_dim), np.float32)
     return train.StageSpec(
         name='stage2', model=self.model2, config=c.stage2, prepare_input=train.latent_input,
         example_input=example, steps_per_epoch=steps, epoch_batches=epoch_batches,
         base_rng=jax.random.fold_in(self.root_rng, _STAGE2_STREAM),
-        examples_per_batch=c.batch_size)
+        examples_per_batch=batch_size)
 
   def restore_stage(self, name: str) -> train.TrainState:
     """The final state of a completed stage ('stage1' or 'stage2')."""

@@ -1,0 +1,532 @@
+r"""Issue #19: does the second stage deliver? Real FID of two stages vs one, as stage 2 trains.
+
+  python benchmarks/stage2_study.py --manual_dir=../shared/data/mnist --root=/root/study \
+      --stage1_epochs=30 \
+      --schedule='reference:10,25,50 large_batch:25,50,100 high_lr:10,25' \
+      --out=benchmarks/results/stage2_study_mnist
+
+Phases, each resumable (a point whose JSON exists is not computed again; checkpoints resume):
+1. **Stage 1** (`tsvae.main`, stage 2 and evaluation off) in <root>/<dataset>_s1: the reference
+   settings for --stage1_epochs epochs. Its latents are then extracted there (`tsvae.main`'s code).
+2. **Fixed references**, scored once: stage-1 prior samples (the single-stage learned-γ VAE), the
+   ex-post GMM on μ_z, reconstructions, and real training images (the floor).
+3. **Stage-2 recipes**, each in its own workdir <root>/<dataset>_s2_<recipe> that trains stage 2
+   only, on a copy of the stage-1 latents (stage 1 is loaded from the stage-1 workdir). Stage 2
+   is trained to each milestone epoch in turn (a milestone is a resumed run: bitwise the same as
+   an uninterrupted one) and scored there at stage-2 noise scales 1 and 0 (same u and ε).
+
+Every point is one JSON in --out (commit, machine, config, wall times): FID (`tf_graph`
+preprocessing, --num_samples generated vs as many test images, the paper's protocol at 10k),
+proxy FD, and for stage 2 γ_z, mmd_u and the training loss at that step. FID is computed where
+--fid_points says (every milestone, or the last of each recipe) at the --fid_noise_scales; the
+proxy FD everywhere. `--plot` (alone, or after the runs) draws <out>/stage2_study.png from the JSONs.
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# Stage-2 recipes: config overrides that leave the reference default alone.
+RECIPES = {
+    'reference': {},  # batch 64, lr 1e-4, halved every 300 epochs (the authors' code).
+    'high_lr': {'stage2.learning_rate': 1e-3},  # 10x the lr, the same halving.
+    'large_batch': {'stage2.batch_size': 512, 'stage2.learning_rate': 8e-4},  # lr x batch.
+}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--dataset', default='mnist')
+  p.add_argument('--config', default='', help="default: configs/<dataset>.py")
+  p.add_argument('--manual_dir', default='')
+  p.add_argument('--root', default='/tmp/stage2_study', help='workdirs and the tfds data')
+  p.add_argument('--cache_dir', default='', help="'' = tsvae's default cache")
+  p.add_argument('--stage1_epochs', type=int, default=30)
+  p.add_argument('--schedule', default='reference:10,25,50',
+                 help="'recipe:e1,e2,... recipe:...' (recipes: %s)" % ', '.join(RECIPES))
+  p.add_argument('--num_samples', type=int, default=10_000)
+  p.add_argument('--fid_points', choices=('all', 'last'), default='all',
+                 help='stage-2 milestones that get a real FID (proxy FD: all of them)')
+  p.add_argument('--fid_noise_scales', default='1,0')
+  p.add_argument('--inception_compute_dtype', default='bfloat16',
+                 choices=('float32', 'bfloat16'))
+  p.add_argument('--skip_floor', action='store_true', help='no train-vs-test FID point')
+  p.add_argument('--no_fid', action='store_true', help='proxy FD only (no Inception weights)')
+  p.add_argument('--override', action='append', default=[],
+                 help="'key=value' config override for every run (repeatable; tests shrink "
+                      'the model with it); values are parsed as JSON, else kept as text')
+  p.add_argument('--out', required=True)
+  p.add_argument('--plot', action='store_true', help='only draw the plot from --out')
+  args = p.parse_args(argv)
+  args.schedule = parse_schedule(args.schedule)
+  args.fid_noise_scales = tuple(float(s) for s in args.fid_noise_scales.split(',') if s)
+  args.overrides = dict(parse_override(o) for o in args.override)
+  return args
+
+
+def parse_override(text: str):
+  key, sep, value = text.partition('=')
+  if not sep or not key:
+    raise SystemExit(f'--override {text!r}: expected key=value.')
+  try:
+    return key, json.loads(value)
+  except ValueError:
+    return key, value
+
+
+def parse_schedule(text: str):
+  """'reference:10,25 high_lr:10' -> {'reference': (10, 25), 'high_lr': (10,)}."""
+  schedule = {}
+  for item in text.split():
+    name, _, epochs = item.partition(':')
+    if name not in RECIPES:
+      raise SystemExit(f'Unknown stage-2 recipe {name!r}; known: {", ".join(RECIPES)}.')
+    milestones = tuple(int(e) for e in epochs.split(',') if e)
+    if not milestones or list(milestones) != sorted(set(milestones)) or milestones[0] <= 0:
+      raise SystemExit(f'{item!r}: give increasing positive stage-2 epochs, e.g. {name}:10,25.')
+    schedule[name] = milestones
+  if not schedule:
+    raise SystemExit('--schedule names no recipe.')
+  return schedule
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def config_path(args):
+  return args.config or os.path.join('configs', f'{args.dataset}.py')
+
+
+def stage1_overrides(args):
+  """What every run of the study sets (--override first, then the study's own keys)."""
+  return dict(args.overrides, **{
+      'data.manual_dir': os.path.abspath(args.manual_dir) if args.manual_dir else '',
+      'data.data_dir': os.path.join(args.root, 'tfds'),
+      'stage1.num_epochs': args.stage1_epochs,
+      'stage2.enabled': False,
+      'eval.enabled': False})
+
+
+def base_config(args):
+  """The stage-1 workdir's config (what `stage1_command` runs), plus the FID settings."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from tsvae import config_lib  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('study_config',
+                                                os.path.join(REPO_ROOT, config_path(args)))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  overrides = dict(stage1_overrides(args), **{
+      'eval.cache_dir': args.cache_dir,
+      'eval.inception_compute_dtype': args.inception_compute_dtype})
+  for key, value in overrides.items():
+    config_lib.set_dotted(config, key, value)
+  return config
+
+
+def stage1_command(args):
+  return ([sys.executable, '-m', 'tsvae.main', f'--config={config_path(args)}',
+           f'--workdir={stage1_workdir(args)}'] +
+          [f'--config.{k}={v}' for k, v in stage1_overrides(args).items()])
+
+
+def stage1_workdir(args):
+  return os.path.join(args.root, f'{args.dataset}_s1')
+
+
+# ------------------------------------------------------------------------------ records
+
+
+def _record_base(args, config):
+  import step_throughput  # pylint: disable=g-import-not-at-top  (git_commit, machine_info)
+  return {'benchmark': 'stage2_study', 'dataset': args.dataset,
+          'commit': step_throughput.git_commit(), 'machine': step_throughput.machine_info(),
+          'stage1_epochs': args.stage1_epochs, 'num_samples': args.num_samples,
+          'config_file': args.config or f'configs/{args.dataset}.py',
+          'fid_protocol': {'fid_preprocess': config.eval.fid_preprocess,
+                           'inception_compute_dtype': config.eval.inception_compute_dtype,
+                           'real': f'{args.num_samples} random test images (seed '
+                                   f'{config.eval.seed})'},
+          'created': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
+
+
+def _write(args, name, record):
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, f'{name}.json')
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+  print(f'wrote {path}: ' + ', '.join(
+      f'{k}={record[k]:.3f}' for k in ('fid', 'proxy_fd', 'gamma_z', 'mmd_u')
+      if isinstance(record.get(k), float)), flush=True)
+
+
+def _exists(args, name):
+  return os.path.exists(os.path.join(args.out, f'{name}.json'))
+
+
+def _metric_rows(workdir, stage):
+  """The last metrics.jsonl row per step of `stage` (resumed steps appear again later)."""
+  rows = {}
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        row = json.loads(line)
+        if row.get('stage') == stage:
+          rows[row['step']] = row
+  return [rows[s] for s in sorted(rows)]
+
+
+def training_seconds(rows):
+  """Training time from the logged windows: Σ steps / (steps/s), compilation excluded."""
+  total, previous = 0.0, 0
+  for row in rows:
+    if row.get('steps_per_sec'):
+      total += (row['step'] - previous) / row['steps_per_sec']
+    previous = row['step']
+  return total
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+class Scorer:
+  """FID (one Inception extractor, the test statistics cached) and the proxy FD of image sets."""
+
+  def __init__(self, args, config, experiment):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+    from tsvae.evaluation import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
+    from tsvae.evaluation import fid as fid_lib  # pylint: disable=g-import-not-at-top
+    from tsvae.evaluation import frechet  # pylint: disable=g-import-not-at-top
+    from tsvae.evaluation import inception  # pylint: disable=g-import-not-at-top
+    from tsvae.evaluation import inception_weights  # pylint: disable=g-import-not-at-top
+    e = config.eval
+    self.frechet = frechet
+    self.cache_dir = e.cache_dir or evaluate.default_cache_dir()
+    n, seed, batch = args.num_samples, int(e.seed), int(e.batch_size)
+    self.test_uint8 = evaluate._images(experiment, 'test', n, seed, batch)  # pylint: disable=protected-access
+    self.train_uint8 = evaluate._images(experiment, 'train', n, seed, batch)  # pylint: disable=protected-access
+    self.fid_lib = fid_lib
+    self.real = fid_lib.RealSet(self.test_uint8, config.dataset, 'test', seed)
+    self.extractor = None
+    if not args.no_fid:
+      weights, reason = inception_weights.find(e.inception_weights, self.cache_dir,
+                                               allow_download=bool(e.allow_download))
+      if weights is None:
+        raise SystemExit(f'No FID weights: {reason} (--no_fid: proxy FD only)')
+      self.weights = weights
+      self.extractor = inception.FeatureExtractor(
+          inception_weights.load_variables(weights), int(e.inception_batch_size),
+          preprocessing=e.fid_preprocess, compute_dtype=e.inception_compute_dtype)
+      start = time.time()
+      self.reference = fid_lib.real_stats(self.cache_dir, self.real, self.extractor,
+                                          weights.sha256, True)
+      print(f'FID statistics of the test images: {time.time() - start:.0f} s', flush=True)
+    builder = experiment.builder
+    labeled = classifier_lib.load_labeled(builder, 'test', config.dataset)
+    self.classifier = classifier_lib.get_classifier(
+        builder, config.dataset, cache_dir=self.cache_dir, seed=int(e.classifier_seed),
+        epochs=int(e.classifier_epochs), batch_size=batch, test_data=labeled)
+    self.proxy_reference = frechet.gaussian_stats(self.classifier.features(self.test_uint8))
+    self.np = np
+
+  def proxy_fd(self, images):
+    return float(self.frechet.frechet_distance_from_stats(
+        self.frechet.gaussian_stats(self.classifier.features(images)), self.proxy_reference))
+
+  def fid(self, images):
+    start = time.time()
+    stats = self.frechet.gaussian_stats(self.extractor(images))
+    return (float(self.frechet.frechet_distance_from_stats(stats, self.reference)),
+            time.time() - start)
+
+  def fid_floor(self):
+    start = time.time()
+    floor = self.fid_lib.RealSet(self.train_uint8, self.real.dataset, 'train', self.real.seed)
+    stats = self.fid_lib.real_stats(self.cache_dir, floor, self.extractor, self.weights.sha256,
+                                    True)
+    return (float(self.frechet.frechet_distance_from_stats(stats, self.reference)),
+            time.time() - start)
+
+
+def score_point(args, scorer, name, images, with_fid, extra):
+  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+  images = evaluate.min_max_stretch(images)
+  record = dict(extra, point=name, proxy_fd=scorer.proxy_fd(images), fid=None, fid_seconds=None)
+  if with_fid and scorer.extractor is not None:
+    record['fid'], record['fid_seconds'] = scorer.fid(images)
+  return record
+
+
+# ------------------------------------------------------------------------------ phases
+
+
+def run_stage1(args):
+  from tsvae import checkpointing  # pylint: disable=g-import-not-at-top
+  workdir = stage1_workdir(args)
+  if not checkpointing.is_complete(workdir, 'stage1'):
+    print('+', ' '.join(stage1_command(args)), flush=True)
+    subprocess.run(stage1_command(args), cwd=REPO_ROOT, check=True)
+
+
+def references(args, config, experiment, state1, codes, scorer, base):
+  """Stage-1 prior samples, ex-post GMM samples, reconstructions, the train-vs-test floor."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+  from tsvae import sampling  # pylint: disable=g-import-not-at-top
+  from tsvae.evaluation import diagnostics  # pylint: disable=g-import-not-at-top
+  from tsvae.evaluation import expost_gmm  # pylint: disable=g-import-not-at-top
+  v1 = sampling.variables_of(state1)
+  n, batch = args.num_samples, int(config.eval.batch_size)
+  rng = jax.random.fold_in(experiment.root_rng, 19)
+  r1, rr = jax.random.split(rng)
+  rows = _metric_rows(stage1_workdir(args), 'stage1')
+  stage1_info = {'stage1_step': int(state1.step), 'stage1_train_seconds': training_seconds(rows),
+                 'stage1_final_loss': rows[-1]['loss'] if rows else None}
+  grids = {}
+  mu, sigma = codes
+  if not _exists(args, 'stage1'):
+    active = diagnostics.active_dims(sigma, float(config.eval.active_dim_threshold))
+    info = dict(stage1_info, loggamma_x=evaluate._loggamma(experiment.model1, v1),  # pylint: disable=protected-access
+                active_dims=int(active['count']))
+    images = sampling.generate_stage1(experiment.model1, v1, r1, n,
+                                      latent_dim=config.latent_dim, batch_size=batch)
+    grids['stage1'] = images[:100]
+    _write(args, 'stage1', dict(base, **score_point(args, scorer, 'stage1', images, True, info)))
+  if not _exists(args, 'gmm'):
+    start = time.time()
+    gmm = expost_gmm.fit(mu, int(config.eval.expost_gmm_components), seed=int(config.eval.seed))
+    fit_s = time.time() - start
+    images = expost_gmm.generate(lambda z: np.asarray(evaluate._decode(experiment.model1, v1, z)),  # pylint: disable=protected-access
+                                 gmm, n, int(config.eval.seed), batch_size=min(batch, n))
+    grids['gmm'] = images[:100]
+    _write(args, 'gmm', dict(base, **score_point(
+        args, scorer, 'gmm', images, True,
+        dict(stage1_info, gmm=gmm.summary(), gmm_fit_seconds=fit_s))))
+  if not _exists(args, 'recon'):
+    test_float = scorer.test_uint8.astype(np.float32) / 255.0
+    images = sampling.reconstruct(experiment.model1, v1, test_float, rr, batch_size=batch)
+    _write(args, 'recon', dict(base, **score_point(args, scorer, 'recon', images, True,
+                                                   stage1_info)))
+  return grids
+
+
+def floor(args, scorer, base):
+  if args.skip_floor or args.no_fid or _exists(args, 'train'):
+    return
+  record = dict(base, point='train', proxy_fd=scorer.proxy_fd(scorer.train_uint8))
+  record['fid'], record['fid_seconds'] = scorer.fid_floor()
+  _write(args, 'train', record)
+
+
+def stage2_recipe(args, config, state1, experiment1, codes, scorer, base, recipe, milestones):
+  """Trains stage 2 of `recipe` to each milestone and scores it there."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tsvae import config_lib  # pylint: disable=g-import-not-at-top
+  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+  from tsvae import sampling  # pylint: disable=g-import-not-at-top
+  from tsvae import train  # pylint: disable=g-import-not-at-top
+  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae import workdir_lock  # pylint: disable=g-import-not-at-top
+  with workdir_lock.hold(os.path.join(args.root, f'{args.dataset}_s2_{recipe}'),
+                         'benchmarks/stage2_study.py'):
+    return _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base, recipe,
+                                 milestones)
+
+
+def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base, recipe,
+                          milestones):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tsvae import config_lib  # pylint: disable=g-import-not-at-top
+  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+  from tsvae import sampling  # pylint: disable=g-import-not-at-top
+  from tsvae import train  # pylint: disable=g-import-not-at-top
+  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae.evaluation import diagnostics  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  overrides = dict(RECIPES[recipe], **{'stage2.enabled': True,
+                                       'stage2.num_epochs': milestones[-1]})
+  for key, value in overrides.items():
+    config_lib.set_dotted(config, key, value)
+  workdir = os.path.join(args.root, f'{args.dataset}_s2_{recipe}')
+  experiment = two_stage.Experiment(config, workdir, devices=jax.devices()[:1])
+  config_lib.record_config(config, workdir)
+  if not experiment.latents_exist():
+    shutil.copytree(experiment1.latents_dir, experiment.latents_dir)
+  spec = experiment.stage2_spec()
+  v1 = sampling.variables_of(state1)
+  n, batch = args.num_samples, int(config.eval.batch_size)
+  rng = jax.random.fold_in(experiment.root_rng, 20)
+  r2, rz, ru = jax.random.split(rng, 3)
+  mu, sigma = codes
+  pick = np.sort(np.random.default_rng(0).choice(len(mu), min(n, len(mu)), replace=False))
+  z = (mu[pick] + sigma[pick] * np.asarray(jax.random.normal(rz, mu[pick].shape))).astype(
+      np.float32)
+  grids = {}
+  for m in milestones:
+    names = {s: f'stage2_{recipe}_e{m}_noise{s:g}' for s in (1.0, 0.0)}
+    if all(_exists(args, name) for name in names.values()):
+      continue
+    state2 = train.train_stage(spec, target_steps=m * spec.steps_per_epoch,
+                               **experiment._train_kwargs())  # pylint: disable=protected-access
+    v2 = sampling.variables_of(state2)
+    rows = _metric_rows(workdir, 'stage2')
+    last = [r for r in rows if r['step'] == m * spec.steps_per_epoch]
+    mu_u, sigma_u = evaluate._encode_chunks(experiment.model2, v2, z, batch)  # pylint: disable=protected-access
+    u = (mu_u + sigma_u * np.asarray(jax.random.normal(ru, mu_u.shape))).astype(np.float32)
+    info = {'recipe': recipe, 'recipe_overrides': RECIPES[recipe], 'stage2_epochs': m,
+            'stage2_step': int(state2.step),
+            'stage2_batch_size': config_lib.stage2_batch_size(config),
+            'stage2_train_seconds': training_seconds(rows),
+            'loggamma_z': evaluate._loggamma(experiment.model2, v2),  # pylint: disable=protected-access
+            'mmd_u': diagnostics.mmd_to_standard_normal(u, seed=1),
+            'loss': last[-1]['loss'] if last else None,
+            'kl': last[-1].get('kl') if last else None}
+    info['gamma_z'] = float(np.exp(info['loggamma_z']))
+    with_fid = args.fid_points == 'all' or m == milestones[-1]
+    for scale, name in names.items():
+      images = sampling.generate_stage2(experiment.model1, v1, experiment.model2, v2, r2, n,
+                                        batch_size=batch, noise_scale=scale)
+      grids[name] = images[:100]
+      record = score_point(args, scorer, name, images,
+                           with_fid and scale in args.fid_noise_scales,
+                           dict(info, noise_scale=scale))
+      _write(args, name, dict(base, **record))
+  return grids
+
+
+# ------------------------------------------------------------------------------ plot
+
+
+def load_points(out):
+  points = []
+  for path in sorted(glob.glob(os.path.join(out, '*.json'))):
+    with open(path) as f:
+      record = json.load(f)
+    if record.get('benchmark') == 'stage2_study':
+      points.append(record)
+  return points
+
+
+def plot(out):
+  """FID (proxy FD where no FID) against stage-2 epochs and wall time; γ_z against epochs."""
+  from tsvae.evaluation import diagnostics  # pylint: disable=g-import-not-at-top
+  plt = diagnostics._pyplot()  # pylint: disable=protected-access
+  points = load_points(out)
+  fixed = {p['point']: p for p in points if 'recipe' not in p}
+  series = [p for p in points if 'recipe' in p]
+  fig, axes = plt.subplots(1, 4, figsize=(22, 5))
+  for ax, metric, label in ((axes[0], 'fid', 'FID (tf_graph, 10k vs 10k)'),
+                            (axes[1], 'proxy_fd', 'proxy FD (MNIST classifier)')):
+    for recipe in sorted({p['recipe'] for p in series}):
+      for scale, style in ((1.0, '-o'), (0.0, '--s')):
+        pts = sorted((p['stage2_epochs'], p[metric]) for p in series
+                     if p['recipe'] == recipe and p['noise_scale'] == scale
+                     and p.get(metric) is not None)
+        if pts:
+          ax.plot(*zip(*pts), style, label=f'stage 2, {recipe}, noise {scale:g}')
+    for name, color in (('stage1', 'red'), ('gmm', 'green'), ('recon', 'gray'),
+                        ('train', 'black')):
+      if name in fixed and fixed[name].get(metric) is not None:
+        ax.axhline(fixed[name][metric], color=color, ls=':',
+                   label={'stage1': 'stage 1 (single-stage VAE)', 'gmm': 'ex-post GMM on μ_z',
+                          'recon': 'reconstructions', 'train': 'train vs test (floor)'}[name])
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('stage-2 epochs')
+    ax.set_ylabel(label)
+    ax.legend(fontsize=7)
+  ax = axes[2]  # What each recipe buys per minute of stage-2 training.
+  twin = ax.twinx()
+  for i, recipe in enumerate(sorted({p['recipe'] for p in series})):
+    color = f'C{i}'
+    at_one = [p for p in series if p['recipe'] == recipe and p['noise_scale'] == 1.0]
+    fids = sorted((p['stage2_train_seconds'] / 60, p['fid']) for p in at_one
+                  if p.get('fid') is not None)
+    if fids:
+      ax.plot(*zip(*fids), '-o', color=color, label=f'{recipe}: FID')
+    proxies = sorted((p['stage2_train_seconds'] / 60, p['proxy_fd']) for p in at_one)
+    if proxies:
+      twin.plot(*zip(*proxies), ':x', color=color, label=f'{recipe}: proxy FD')
+  ax.set_xlabel('stage-2 training time (min, this CPU)')
+  ax.set_ylabel('FID, noise 1 (solid)')
+  twin.set_ylabel('proxy FD, noise 1 (dotted)')
+  ax.legend(fontsize=7, loc='upper right')
+  twin.legend(fontsize=7, loc='center right')
+  ax = axes[3]
+  for recipe in sorted({p['recipe'] for p in series}):
+    pts = sorted({(p['stage2_epochs'], p['gamma_z']) for p in series if p['recipe'] == recipe})
+    if pts:
+      ax.plot(*zip(*pts), '-o', label=recipe)
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('stage-2 epochs')
+  ax.set_ylabel('γ_z')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(out, 'stage2_study.png')
+  fig.savefig(path, dpi=90)
+  print(f'wrote {path}')
+  return path
+
+
+def save_grids(out, grids):
+  """One picture: 10x10 grids of the first 100 images of each set, side by side."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tsvae import images as images_lib  # pylint: disable=g-import-not-at-top
+  for name, imgs in grids.items():
+    images_lib.save_grid(os.path.join(out, 'grids', f'{name}.png'), np.asarray(imgs), 10)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.plot:
+    plot(args.out)
+    return
+  # Inception features shard over two host devices (~1.26x here); training uses the first.
+  os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  run_stage1(args)
+  import jax  # pylint: disable=g-import-not-at-top
+  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae import workdir_lock  # pylint: disable=g-import-not-at-top
+  config = base_config(args)
+  config.stage2.enabled = False
+  workdir = stage1_workdir(args)
+  with workdir_lock.hold(workdir, 'benchmarks/stage2_study.py'):
+    experiment = two_stage.Experiment(config, workdir, devices=jax.devices()[:1])
+    state1 = experiment.restore_stage('stage1')
+    experiment.extract_latents(state1)
+    base = dict(_record_base(args, config), stage1_command=' '.join(stage1_command(args)[1:]))
+    scorer = Scorer(args, config, experiment)
+    codes = experiment.encode_split(state1, 'train')  # (μ_z, σ_z) of the training set.
+    grids = references(args, config, experiment, state1, codes, scorer, base)
+    save_grids(args.out, grids)
+    for recipe, milestones in args.schedule.items():
+      grids = stage2_recipe(args, config, state1, experiment, codes, scorer, base, recipe,
+                            milestones)
+      save_grids(args.out, grids)
+      plot(args.out)
+    floor(args, scorer, base)
+  plot(args.out)
+
+
+if __name__ == '__main__':
+  main()

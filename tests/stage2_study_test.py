@@ -1,0 +1,75 @@
+"""benchmarks/stage2_study.py on a tiny local MNIST: phases, resumption, records and the plot.
+
+The FID path of the study is tsvae's own (tests/fid_test.py); here it runs with --no_fid so that
+the bookkeeping, the stage-2 milestones and their records are what is exercised.
+"""
+
+import json
+import os
+import sys
+
+import pytest
+
+from testdata import write_mnist_dir
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+import stage2_study  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TINY = ['latent_dim=8', 'batch_size=8', 'stage1.max_steps=6', 'stage2.depth=1',
+        'stage2.width=32', 'sampling.num_grid_images=16', 'log_every_steps=2',
+        'checkpoint_every_steps=3', 'eval.batch_size=64', 'eval.classifier_epochs=1',
+        'eval.allow_download=false']
+
+
+def _argv(tmp_path, schedule):
+  return ([f'--manual_dir={tmp_path / "mnist"}', f'--root={tmp_path / "root"}',
+           f'--cache_dir={tmp_path / "cache"}', '--stage1_epochs=1', f'--schedule={schedule}',
+           '--num_samples=12', '--no_fid', f'--out={tmp_path / "out"}'] +
+          [f'--override={o}' for o in TINY])
+
+
+def _points(tmp_path):
+  return {p['point']: p for p in stage2_study.load_points(str(tmp_path / 'out'))}
+
+
+def test_study_records_every_point_then_resumes_without_retraining(tmp_path):
+  write_mnist_dir(str(tmp_path / 'mnist'))  # 40 train, 12 test images.
+  stage2_study.main(_argv(tmp_path, 'reference:1,2 high_lr:1'))
+  points = _points(tmp_path)
+  assert set(points) == {'stage1', 'gmm', 'recon'} | {
+      f'stage2_{r}_e{e}_noise{s}' for r, e in (('reference', 1), ('reference', 2),
+                                                ('high_lr', 1)) for s in (1, 0)}
+  stage1 = points['stage1']
+  assert stage1['stage1_step'] == 5 and stage1['active_dims'] >= 0
+  assert stage1['fid'] is None and stage1['proxy_fd'] > 0  # --no_fid: proxy FD only.
+  assert 'commit' in stage1 and 'machine' in stage1
+  s2 = points['stage2_reference_e2_noise1']
+  assert s2['stage2_step'] == 10 and s2['stage2_batch_size'] == 8  # 40 // 8 steps per epoch.
+  assert s2['gamma_z'] > 0 and s2['mmd_u'] is not None and s2['loss'] is not None
+  assert points['stage2_high_lr_e1_noise1']['recipe_overrides'] == {'stage2.learning_rate': 1e-3}
+  # The same u and ε at both noise scales; the scales differ only in the noise.
+  assert points['stage2_reference_e2_noise0']['gamma_z'] == s2['gamma_z']
+  assert os.path.exists(tmp_path / 'out' / 'stage2_study.png')
+  assert os.path.exists(tmp_path / 'out' / 'grids' / 'stage2_reference_e2_noise1.png')
+
+  # A longer schedule resumes: stage 2 continues from epoch 2 and nothing else is redone.
+  metrics = tmp_path / 'root' / 'mnist_s2_reference' / 'metrics.jsonl'
+  rows_before = len(metrics.read_text().splitlines())
+  stage1_before = (tmp_path / 'out' / 'stage1.json').read_text()
+  stage2_study.main(_argv(tmp_path, 'reference:1,2,3'))
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert min(r['step'] for r in rows[rows_before:]) > 10  # Only steps after epoch 2 trained.
+  assert _points(tmp_path)['stage2_reference_e3_noise1']['stage2_step'] == 15
+  assert (tmp_path / 'out' / 'stage1.json').read_text() == stage1_before
+
+
+@pytest.mark.parametrize('schedule, match', [
+    ('nonsense:10', 'Unknown stage-2 recipe'),
+    ('reference:25,10', 'increasing positive'),
+    ('reference:', 'increasing positive'),
+])
+def test_bad_schedule_fails_before_any_work(tmp_path, schedule, match):
+  with pytest.raises(SystemExit, match=match):
+    stage2_study.parse_args(['--out', str(tmp_path), f'--schedule={schedule}'])
+  assert not os.listdir(tmp_path)
