@@ -96,6 +96,32 @@ def test_stage2_batch_size_sets_stage2_steps_only(tmp_path):
       tiny_config(stage2__batch_size=0))
 
 
+def test_plan_line_gives_each_stages_steps_before_training(mock_run):
+  config, workdir, _ = mock_run
+  with tfds.testing.mock_data(num_examples=40):
+    plan = two_stage.Experiment(config, workdir).plan()
+  assert 'stage 1 5 steps (1 epochs x 5 steps of batch 8)' in plan
+  assert 'stage 2 10 steps (2 epochs x 5 steps of batch 8)' in plan
+  assert 'no evaluation' in plan
+  single = tiny_config(stage1__max_steps=3, stage2__enabled=False)
+  with tfds.testing.mock_data(num_examples=40):
+    plan = two_stage.Experiment(single, str(workdir) + '_other').plan()
+  assert 'stage 1 3 steps (max_steps cap)' in plan and 'stage 2 off' in plan
+
+
+def test_eta_probe_times_the_steps_after_the_compiling_one():
+  probe = train.EtaProbe('stage1', first_step=40, num_steps=1000, examples_per_batch=64)
+  for step in range(41, 41 + train.EtaProbe.PROBE_STEPS):
+    probe.after_step(step, {'loss': np.float32(1.0)})
+    assert probe.steps_per_sec is None  # Not yet: step 41 compiled, 41..51 are timed.
+  probe.after_step(41 + train.EtaProbe.PROBE_STEPS, {'loss': np.float32(1.0)})
+  assert probe.steps_per_sec > 0
+  short = train.EtaProbe('stage2', first_step=0, num_steps=5, examples_per_batch=8)
+  for step in range(1, 6):  # A stage shorter than the probe: no estimate, no error.
+    short.after_step(step, {})
+  assert short.steps_per_sec is None
+
+
 def test_workdir_of_another_experiment_is_refused_untouched(mock_run):
   _, workdir, _ = mock_run
   before = _snapshot(workdir)

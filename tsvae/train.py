@@ -330,6 +330,8 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
 
   pending = []  # Device metrics since the last host check.
   window_start_time, window_start_step = time.time(), step
+  eta_probe = EtaProbe(spec.name, first_step=step, num_steps=num_steps,
+                       examples_per_batch=spec.examples_per_batch)
   try:
     with _SigtermFlag() as sigterm:
       while step < num_steps:
@@ -340,6 +342,7 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
           state, metrics = step_fn(state, shard_batch(batch, mesh))
           pending.append(metrics)
           step += 1
+          eta_probe.after_step(step, metrics)
           faults.kill_here(f'{spec.name}.step', step)
           if on_step is not None:
             on_step(step)
@@ -380,6 +383,37 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
     writer.flush()
     ckpt.close()
   return state
+
+
+class EtaProbe:
+  """Logs the stage's ETA as soon as a few steps after the compiling one have been timed.
+
+  The regular progress lines come every `log_every_steps` (100 by default: minutes at the
+  start of a CPU run); this one line comes after the first `PROBE_STEPS` compiled steps.
+  """
+  PROBE_STEPS = 10
+
+  def __init__(self, stage: str, *, first_step: int, num_steps: int, examples_per_batch: int):
+    self.stage, self.first_step, self.num_steps = stage, first_step, num_steps
+    self.examples_per_batch = examples_per_batch
+    self.start_time = None
+    self.steps_per_sec = None  # Once measured.
+
+  def after_step(self, step: int, metrics):
+    start_at = self.first_step + 1  # The first step compiles; timing starts after it.
+    end_at = start_at + self.PROBE_STEPS
+    if step not in (start_at, end_at) or end_at > self.num_steps:
+      return
+    jax.block_until_ready(metrics)
+    if step == start_at:
+      self.start_time = time.time()
+      return
+    self.steps_per_sec = self.PROBE_STEPS / max(time.time() - self.start_time, 1e-9)
+    remaining = (self.num_steps - step) / self.steps_per_sec
+    logging.info('%s: %d steps to go; the first %d timed steps ran at %.2f steps/s (%.0f ex/s): '
+                 'ETA %s for this stage.', self.stage, self.num_steps - step, self.PROBE_STEPS,
+                 self.steps_per_sec, self.steps_per_sec * self.examples_per_batch,
+                 metric_logging.format_duration(remaining))
 
 
 def fail(message: str, code: int = 1):

@@ -288,9 +288,29 @@ class Experiment:
       config_lib.check_workdir(self.config, self.workdir)
       return self._run_locked()
 
+  def plan(self) -> str:
+    """One line: the steps each stage will train (before any of them runs)."""
+    c = self.config
+    num_train = input_pipeline.num_examples(self.builder, 'train')
+    parts = []
+    for name, stage, batch in (('stage 1', c.stage1, c.batch_size),
+                               ('stage 2', c.stage2, config_lib.stage2_batch_size(c))):
+      if name == 'stage 2' and not c.stage2.enabled:
+        parts.append('stage 2 off')
+        continue
+      per_epoch = self.steps_per_epoch(num_train, batch)
+      steps = train.total_steps(stage, per_epoch)
+      capped = ' (max_steps cap)' if steps < stage.num_epochs * per_epoch else ''
+      parts.append(f'{name} {steps} steps{capped} ({stage.num_epochs} epochs x {per_epoch} '
+                   f'steps of batch {batch})')
+    evaluation = (f'evaluation of {c.eval.num_samples} samples' if c.eval.enabled
+                  else 'no evaluation')
+    return f'Plan for {self.workdir}: ' + ', '.join(parts) + f', then {evaluation}.'
+
   def _run_locked(self) -> Dict[str, Any]:
     if jax.process_index() == 0:
       config_lib.record_config(self.config, self.workdir)
+    logging.info('%s', self.plan())
     state1 = self.run_stage(self.stage1_spec())
     state2 = None
     if self.config.stage2.enabled:
