@@ -67,6 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
   # BatchNorm moving averages bias-corrected as TF1's assign_moving_average(zero_debias=True)
   # (reference). False: Flax's EMA from mean 0 / var 1 (what a workdir without this key ran).
   config.stage1.bn_zero_debias = True
+  # Dtype of the nets' matmuls and convolutions: float32 (reference) | bfloat16 (float32
+  # parameters, optimizer state, BatchNorm statistics and loss; README, Mixed precision).
+  config.stage1.compute_dtype = 'float32'
 
   config.stage2 = ml_collections.ConfigDict()
   config.stage2.enabled = True  # False: stage 1 only (single-stage baselines), no latents.
@@ -87,6 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.stage2.batch_size = 0
   config.stage2.depth = 3  # Dense layers per encoder / decoder.
   config.stage2.width = 1024
+  config.stage2.compute_dtype = 'float32'  # float32 | bfloat16, as stage1.compute_dtype.
 
   # Sampling (after stage 2).
   config.sampling = ml_collections.ConfigDict()

@@ -69,6 +69,8 @@ IMPLICIT_DEFAULTS.update({  # Stage-1 model families (issue #4); 'vae' is the re
 IMPLICIT_DEFAULTS['stage1.bn_zero_debias'] = False
 # Issue #19: stage 2's own batch size (0 = config.batch_size, which every earlier run used).
 IMPLICIT_DEFAULTS['stage2.batch_size'] = 0
+# Issue #17: the nets' compute dtype per stage; every earlier run computed in float32.
+IMPLICIT_DEFAULTS.update({'stage1.compute_dtype': 'float32', 'stage2.compute_dtype': 'float32'})
 _ABSENT = object()
 
 
@@ -153,6 +155,8 @@ def validate(config, *, num_devices: int, num_processes: int = 1):
     _choice(config[stage].reconstruction_loss, losses.RECONSTRUCTION_LOSSES,
             f'{stage}.reconstruction_loss')
     _choice(config[stage].gamma_mode, models.GAMMA_MODES, f'{stage}.gamma_mode')
+    _choice(config[stage].get('compute_dtype', 'float32'), tuple(models.COMPUTE_DTYPES),
+            f'{stage}.compute_dtype')
     _positive(config, [f'{stage}.gamma_value'])
     momentum = config[stage].running_mse_momentum
     if not 0.0 <= momentum < 1.0:

@@ -90,11 +90,13 @@ class Experiment:
     arch_kwargs = dict(config.resnet) if config.arch == 'resnet' else {}
     self.model1 = models.make_stage1_model(
         config.arch, self.image_shape, config.latent_dim, gamma=gamma_fields(config.stage1),
-        bn_zero_debias=config.stage1.bn_zero_debias, **stage1_model_kwargs(config),
-        **arch_kwargs)
+        bn_zero_debias=config.stage1.bn_zero_debias,
+        compute_dtype=config.stage1.get('compute_dtype', 'float32'),
+        **stage1_model_kwargs(config), **arch_kwargs)
     self.model2 = models.make_stage2_model(
         config.latent_dim, config.stage2.depth, config.stage2.width,
-        gamma=gamma_fields(config.stage2))
+        gamma=gamma_fields(config.stage2),
+        compute_dtype=config.stage2.get('compute_dtype', 'float32'))
     self.root_rng = jax.random.PRNGKey(config.seed)
     self._builder = None
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax.numpy as jnp
+
 from tsvae.models.baselines import (DETERMINISTIC_LOG_SIGMA, DeterministicAE,
                                     DeterministicEncoder, FlowVAE, IAFFlow)
 from tsvae.models.infogan import InfoGANDecoder, InfoGANEncoder
@@ -20,6 +22,9 @@ STAGE1_ARCHS = ('infogan', 'wae', 'resnet')
 # WAE-MMD and RAE-L2 (deterministic encoders). See baselines.py and losses.make_objective.
 STAGE1_MODELS = ('vae', 'vae_flow', 'wae_mmd', 'rae')
 DETERMINISTIC_MODELS = ('wae_mmd', 'rae')
+# config.stageN.compute_dtype: the dtype of the nets' matmuls and convolutions (layers.py).
+# Parameters, optimizer state, BatchNorm statistics and the loss are float32 either way.
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 _SUPPORTED_CHANNELS = (1, 3)
 _INFOGAN_SIZES = (28, 32, 64)
@@ -33,6 +38,13 @@ def _supports(arch: str) -> str:
       'wae': 'square 64x64 images only',
       'resnet': 'square power-of-two sizes >= 4 (e.g. 32x32, 64x64)',
   }[arch]
+
+
+def compute_dtype_of(name: str) -> Any:
+  """The jnp dtype of ``name`` in ``COMPUTE_DTYPES``; raises ``ValueError`` for another name."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'unknown compute dtype {name!r}; known: {", ".join(COMPUTE_DTYPES)}')
+  return COMPUTE_DTYPES[name]
 
 
 def _size_ok(arch: str, size: int) -> bool:
@@ -70,37 +82,40 @@ def check_image_shape(arch: str, image_shape: Sequence[int]) -> tuple[int, int, 
 
 def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
                       gamma: Mapping[str, Any] | None = None, model: str = 'vae',
-                      model_kwargs: Mapping[str, Any] | None = None, **arch_kwargs) -> VAE:
+                      model_kwargs: Mapping[str, Any] | None = None,
+                      compute_dtype: str = 'float32', **arch_kwargs) -> VAE:
   """Stage-1 model (``loggamma_x``) for ``arch`` in ``STAGE1_ARCHS``, ``model`` in ``STAGE1_MODELS``.
 
   ``gamma`` holds VAE fields of the decoder variance (gamma_mode, gamma_value, loggamma_floor,
   running_mse_momentum, optimal_gamma_floor; see ``vae.py``). ``arch_kwargs`` are the ResNet knobs (num_scale, block_per_scale, depth_per_block,
   kernel_size, base_dim, fc_dim), ``fast_vjp`` (all archs; transposed-conv backward) and
   ``bn_zero_debias`` (all archs; bias-corrected BatchNorm averages, ``layers.batch_norm``).
-  ``model`` and ``model_kwargs``: see ``build_stage1_model``.
+  ``model`` and ``model_kwargs``: see ``build_stage1_model``. ``compute_dtype``: a key of
+  ``COMPUTE_DTYPES``, the dtype of every matmul and convolution (float32 parameters either way).
   """
   _check_model(model, model_kwargs)
   shape = check_image_shape(arch, image_shape)
+  dtype = compute_dtype_of(compute_dtype)
   fast_vjp = arch_kwargs.pop('fast_vjp', True)
-  debias = {'bn_zero_debias': bool(arch_kwargs.pop('bn_zero_debias', False))}
+  shared = {'bn_zero_debias': bool(arch_kwargs.pop('bn_zero_debias', False)), 'dtype': dtype}
   if arch == 'resnet':
     unknown = sorted(set(arch_kwargs) - set(_RESNET_KWARGS))
     if unknown:
       raise TypeError(f'unknown resnet kwargs {unknown}; known: {list(_RESNET_KWARGS)}')
     enc_kw = dict(arch_kwargs)
     dec_kw = {k: v for k, v in arch_kwargs.items() if k not in ('num_scale', 'fc_dim')}
-    encoder = ResNetEncoder(latent_dim, **enc_kw, **debias)
-    decoder = ResNetDecoder(shape, fast_vjp=fast_vjp, **dec_kw, **debias)
+    encoder = ResNetEncoder(latent_dim, **enc_kw, **shared)
+    decoder = ResNetDecoder(shape, fast_vjp=fast_vjp, **dec_kw, **shared)
   else:
     if arch_kwargs:
       raise TypeError(f'arch {arch!r} takes no extra kwargs, got {sorted(arch_kwargs)}')
     if arch == 'infogan':
-      encoder = InfoGANEncoder(latent_dim, **debias)
-      decoder = InfoGANDecoder(shape, fast_vjp=fast_vjp, **debias)
+      encoder = InfoGANEncoder(latent_dim, **shared)
+      decoder = InfoGANDecoder(shape, fast_vjp=fast_vjp, **shared)
     else:
-      encoder = WAEEncoder(latent_dim, **debias)
-      decoder = WAEDecoder(shape, fast_vjp=fast_vjp, **debias)
-  return build_stage1_model(model, encoder, decoder, gamma, model_kwargs)
+      encoder = WAEEncoder(latent_dim, **shared)
+      decoder = WAEDecoder(shape, fast_vjp=fast_vjp, **shared)
+  return build_stage1_model(model, encoder, decoder, gamma, model_kwargs, compute_dtype)
 
 
 def _check_model(model: str, model_kwargs: Mapping[str, Any] | None):
@@ -113,19 +128,21 @@ def _check_model(model: str, model_kwargs: Mapping[str, Any] | None):
 
 
 def build_stage1_model(model: str, encoder, decoder, gamma: Mapping[str, Any] | None = None,
-                       model_kwargs: Mapping[str, Any] | None = None) -> VAE:
+                       model_kwargs: Mapping[str, Any] | None = None,
+                       compute_dtype: str = 'float32') -> VAE:
   """The stage-1 model family ``model`` (``STAGE1_MODELS``) around an encoder and a decoder.
 
   ``gamma``: the VAE's decoder-variance fields. ``model_kwargs``: ``flow_steps``,
   ``flow_hidden`` for ``'vae_flow'``; none for the others. The deterministic models
   (``'wae_mmd'``, ``'rae'``) take only ``running_mse_momentum`` from ``gamma``: their γ is always
-  ½ log of a running MSE, reported and used for pixel noise only.
+  ½ log of a running MSE, reported and used for pixel noise only. ``compute_dtype``: that of
+  the family's own layers (the IAF of ``'vae_flow'``); the encoder and decoder bring theirs.
   """
   _check_model(model, model_kwargs)
   gamma = dict(gamma or {})
   if model == 'vae_flow':
     return FlowVAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x', **gamma,
-                   **dict(model_kwargs or {}))
+                   flow_dtype=compute_dtype_of(compute_dtype), **dict(model_kwargs or {}))
   if model in DETERMINISTIC_MODELS:
     return DeterministicAE(encoder=DeterministicEncoder(encoder), decoder=decoder,
                            gamma_name='loggamma_x', gamma_mode='running_mse',
@@ -134,17 +151,24 @@ def build_stage1_model(model: str, encoder, decoder, gamma: Mapping[str, Any] | 
 
 
 def make_stage2_model(latent_dim: int, depth: int = 3, width: int = 1024,
-                      gamma: Mapping[str, Any] | None = None) -> VAE:
-  """Stage-2 VAE (``loggamma_z``): z -> u (dim latent_dim) -> z_hat."""
-  return VAE(encoder=Stage2Encoder(latent_dim, depth, width),
-             decoder=Stage2Decoder(latent_dim, depth, width), gamma_name='loggamma_z',
-             **dict(gamma or {}))
+                      gamma: Mapping[str, Any] | None = None,
+                      compute_dtype: str = 'float32') -> VAE:
+  """Stage-2 VAE (``loggamma_z``): z -> u (dim latent_dim) -> z_hat.
+
+  ``compute_dtype``: a key of ``COMPUTE_DTYPES``, the dtype of the dense layers' matmuls.
+  """
+  dtype = compute_dtype_of(compute_dtype)
+  return VAE(encoder=Stage2Encoder(latent_dim, depth, width, dtype=dtype),
+             decoder=Stage2Decoder(latent_dim, depth, width, dtype=dtype),
+             gamma_name='loggamma_z', **dict(gamma or {}))
 
 
 __all__ = [
-    'GAMMA_MODES', 'STAGE1_ARCHS', 'STAGE1_MODELS', 'DETERMINISTIC_MODELS', 'VAE', 'FlowVAE',
+    'COMPUTE_DTYPES', 'GAMMA_MODES', 'STAGE1_ARCHS', 'STAGE1_MODELS', 'DETERMINISTIC_MODELS',
+    'VAE', 'FlowVAE',
     'DeterministicAE', 'DeterministicEncoder', 'IAFFlow', 'DETERMINISTIC_LOG_SIGMA',
-    'build_stage1_model', 'check_image_shape', 'make_stage1_model', 'make_stage2_model',
+    'build_stage1_model', 'check_image_shape', 'compute_dtype_of', 'make_stage1_model',
+    'make_stage2_model',
     'InfoGANEncoder', 'InfoGANDecoder', 'ResNetEncoder', 'ResNetDecoder', 'Stage2Encoder',
     'Stage2Decoder', 'WAEEncoder', 'WAEDecoder', 'ConvTranspose', 'conv_transpose', 'conv_transpose_reference',
 ]

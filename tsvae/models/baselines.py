@@ -22,6 +22,8 @@ Prior samples of all of them are z ~ N(0, I) → decoder, the reference's stage-
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -57,12 +59,14 @@ def made_masks(dim: int, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 class MaskedDense(nn.Module):
   """Dense layer of a MADE over ``dim`` inputs: kernel [in, out] times a fixed 0/1 mask.
 
-  ``kind`` picks the mask of ``made_masks``: 'to_hidden', 'hidden' or 'to_out'.
+  ``kind`` picks the mask of ``made_masks``: 'to_hidden', 'hidden' or 'to_out'. ``dtype``: the
+  compute dtype of the product (as ``layers.Dense``; float32 result either way).
   """
   features: int
   dim: int
   kind: str
   use_bias: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -70,7 +74,11 @@ class MaskedDense(nn.Module):
     masks = dict(zip(('to_hidden', 'hidden', 'to_out'), made_masks(self.dim, hidden)))
     kernel = self.param('kernel', layers.glorot_uniform, (x.shape[-1], self.features),
                         jnp.float32)
-    y = x @ (kernel * jnp.asarray(masks[self.kind]))
+    masked = kernel * jnp.asarray(masks[self.kind])
+    if jnp.dtype(self.dtype) == jnp.float32:
+      y = x @ masked
+    else:
+      y = layers.matmul(x.astype(self.dtype), masked.astype(self.dtype))
     if self.use_bias:
       y = y + self.param('bias', layers.zeros_init, (self.features,), jnp.float32)
     return y
@@ -79,15 +87,19 @@ class MaskedDense(nn.Module):
 class IAFStep(nn.Module):
   """One IAF step: (z, h) → (z', Σ log σ_k); z' = σ_k ⊙ z + (1 − σ_k) ⊙ m."""
   hidden: int
+  dtype: Any = jnp.float32  # Compute dtype of the products (layers.py); the gate is float32.
 
   @nn.compact
   def __call__(self, z: Array, h: Array) -> tuple[Array, Array]:
     dim = z.shape[-1]
-    a = MaskedDense(self.hidden, dim, 'to_hidden', name='in')(z)
-    a = nn.elu(a + layers.dense(self.hidden, use_bias=False, name='context')(h))
-    a = nn.elu(MaskedDense(self.hidden, dim, 'hidden', name='hidden')(a))
-    m = MaskedDense(dim, dim, 'to_out', name='m')(a)
-    s = MaskedDense(dim, dim, 'to_out', name='s')(a) + IAF_GATE_BIAS
+    masked = lambda features, kind, name: MaskedDense(features, dim, kind, dtype=self.dtype,
+                                                      name=name)
+    a = masked(self.hidden, 'to_hidden', 'in')(z)
+    a = nn.elu(a + layers.dense(self.hidden, use_bias=False, dtype=self.dtype,
+                                name='context')(h))
+    a = nn.elu(masked(self.hidden, 'hidden', 'hidden')(a))
+    m = masked(dim, 'to_out', 'm')(a)
+    s = masked(dim, 'to_out', 's')(a) + IAF_GATE_BIAS
     gate = jax.nn.sigmoid(s)
     z = gate * z + (1.0 - gate) * m
     return z, jnp.sum(jax.nn.log_sigmoid(s), axis=-1)
@@ -101,15 +113,16 @@ class IAFFlow(nn.Module):
   """
   num_steps: int
   hidden: int
+  dtype: Any = jnp.float32  # Compute dtype of the products (layers.py); log_det is float32.
 
   @nn.compact
   def __call__(self, z: Array, context_input: Array) -> tuple[Array, Array]:
-    h = nn.elu(layers.dense(self.hidden, name='context')(context_input))
+    h = nn.elu(layers.dense(self.hidden, dtype=self.dtype, name='context')(context_input))
     log_det = jnp.zeros(z.shape[:-1], z.dtype)
     for k in range(self.num_steps):
       if k:
         z = z[..., ::-1]
-      z, step_log_det = IAFStep(self.hidden, name=f'step{k}')(z, h)
+      z, step_log_det = IAFStep(self.hidden, dtype=self.dtype, name=f'step{k}')(z, h)
       log_det = log_det + step_log_det
     return z, log_det
 
@@ -123,10 +136,11 @@ class FlowVAE(VAE):
   """
   flow_steps: int = 4
   flow_hidden: int = 512
+  flow_dtype: Any = jnp.float32  # Compute dtype of the IAF's products (layers.py).
 
   def setup(self):
     super().setup()
-    self.flow = IAFFlow(self.flow_steps, self.flow_hidden)
+    self.flow = IAFFlow(self.flow_steps, self.flow_hidden, dtype=self.flow_dtype)
 
   def _flow(self, mu: Array, sigma: Array, log_sigma: Array, eps: Array):
     return self.flow(mu + sigma * eps, jnp.concatenate([mu, log_sigma], axis=-1))

@@ -7,6 +7,8 @@ every encoder layer. Works for any square size divisible by 4 (the registry decl
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,11 +28,13 @@ class InfoGANEncoder(nn.Module):
   latent_dim: int
   fast_sn: bool = True
   bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
+  dtype: Any = jnp.float32  # Compute dtype of the matmuls and convolutions (layers.py).
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array, Array]:
-    sn_conv = lambda f, name: layers.SNConv(f, 4, 2, fast=self.fast_sn, name=name)
-    sn_dense = lambda f, name: layers.SNDense(f, fast=self.fast_sn, name=name)
+    sn_conv = lambda f, name: layers.SNConv(f, 4, 2, fast=self.fast_sn, dtype=self.dtype,
+                                            name=name)
+    sn_dense = lambda f, name: layers.SNDense(f, fast=self.fast_sn, dtype=self.dtype, name=name)
     y = layers.lrelu(sn_conv(64, 'conv1')(x, update_stats=train))
     y = sn_conv(128, 'conv2')(y, update_stats=train)
     y = layers.lrelu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name='bn2')(y))
@@ -49,16 +53,18 @@ class InfoGANDecoder(nn.Module):
   image_shape: tuple[int, int, int]
   fast_vjp: bool = True
   bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
+  dtype: Any = jnp.float32  # Compute dtype of the matmuls and convolutions (layers.py).
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
     size, _, channels = self.image_shape
     s4 = size // 4
     dense = lambda f, name: layers.Dense(  # reference `linear`
-        f, kernel_init=layers.normal_init_infogan, bias_init=layers.zeros_init, name=name)
+        f, kernel_init=layers.normal_init_infogan, bias_init=layers.zeros_init,
+        dtype=self.dtype, name=name)
     deconv = lambda f, name: layers.ConvTranspose(  # reference `deconv2d`
         f, 4, 2, kernel_init=layers.normal_init_infogan, bias_init=layers.zeros_init,
-        fast_vjp=self.fast_vjp, name=name)
+        fast_vjp=self.fast_vjp, dtype=self.dtype, name=name)
     y = nn.relu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name='bn1')(dense(1024, 'fc1')(z)))
     y = dense(128 * s4 * s4, 'fc2')(y)
     y = nn.relu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name='bn2')(y))

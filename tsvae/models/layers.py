@@ -17,6 +17,12 @@ Contents
   which divides the layer output instead of a large kernel).
 - ``batch_norm``, ``ZeroDebiasBatchNorm``: reference ``batch_norm`` (decay 0.999, eps 1e-5,
   optionally bias-corrected moving averages as TF1's ``zero_debias``).
+
+Compute dtype: every layer with a matmul or convolution has a ``dtype`` field (float32, the
+default, or bfloat16). Parameters are float32 either way; with bfloat16 the product's operands
+are cast to bfloat16 (matmuls accumulate and return float32; convolutions return bfloat16) and
+the result is cast to float32 before the bias, so everything between the products (biases,
+BatchNorm and its statistics, activations, the spectral-norm power iteration) is float32.
 """
 
 from __future__ import annotations
@@ -45,6 +51,12 @@ normal_init_infogan = nn.initializers.normal(stddev=0.02)
 #: ``tf.layers`` default kernel initialiser (glorot uniform, fan_avg; symmetric in in/out).
 glorot_uniform = nn.initializers.glorot_uniform()
 zeros_init = nn.initializers.zeros
+
+
+def _float32_result(x: Array) -> jnp.dtype | None:
+  """``preferred_element_type`` of a product of operands like ``x``: float32 accumulation and
+  result for a lower precision, None (the default, i.e. float32) for float32 operands."""
+  return None if x.dtype == jnp.float32 else jnp.float32
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -174,6 +186,7 @@ class ConvTranspose(nn.Module):
   kernel_init: Initializer = glorot_uniform
   bias_init: Initializer = zeros_init
   fast_vjp: bool = True
+  dtype: Any = jnp.float32  # Compute dtype of the transposed convolution (module docstring).
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -181,7 +194,8 @@ class ConvTranspose(nn.Module):
     kernel = self.param('kernel', self.kernel_init,
                         (kh, kw, self.features, x.shape[-1]), jnp.float32)
     fn = conv_transpose if self.fast_vjp else conv_transpose_reference
-    y = fn(x, kernel, self.strides, self.padding)
+    y = fn(x.astype(self.dtype), kernel.astype(self.dtype), self.strides,
+           self.padding).astype(jnp.float32)
     if self.use_bias:
       bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
       y = y + bias
@@ -203,20 +217,31 @@ def matmul(x: Array, kernel: Array) -> Array:
   of the gradient (Adam's two moments, the gradient norm) then read the 25 MB InfoGAN fc
   gradients column-wise, several times slower. Same values as ``x @ kernel`` and its
   autodiff (the same products, summed in the same way).
+
+  Operands of a lower precision (bfloat16, the same for both) are multiplied with float32
+  accumulation and give a float32 result. The backward products also accumulate in float32;
+  the gradients they return take the operands' dtype.
   """
-  return x @ kernel
+  return _matmul_value(x, kernel)
+
+
+def _matmul_value(x: Array, kernel: Array) -> Array:
+  return jnp.matmul(x, kernel, preferred_element_type=_float32_result(x))
 
 
 def _matmul_fwd(x, kernel):
-  return x @ kernel, (x, kernel)
+  return _matmul_value(x, kernel), (x, kernel)
 
 
 def _matmul_bwd(res, g):
   x, kernel = res
-  dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
+  g = g.astype(x.dtype)  # The operands' dtype (a no-op for float32).
+  wide = _float32_result(x)
+  dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())),
+                       preferred_element_type=wide)
   x2 = x.reshape(-1, x.shape[-1])
   g2 = g.reshape(-1, g.shape[-1])
-  dkernel = lax.dot_general(x2, g2, (((0,), (0,)), ((), ())))
+  dkernel = lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), preferred_element_type=wide)
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
@@ -229,11 +254,12 @@ class Dense(nn.Module):
   use_bias: bool = True
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = zeros_init
+  dtype: Any = jnp.float32  # Compute dtype of x @ kernel (float32 result either way).
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-    y = matmul(x, kernel)
+    y = matmul(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32)
     return y
@@ -358,6 +384,11 @@ class SNConv(nn.Module):
   n_power_iterations: int = 1
   eps: float = 1e-12
   fast: bool = True
+  dtype: Any = jnp.float32  # Compute dtype of the convolution; sigma is float32 either way.
+
+  def _product(self, x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
+    return _conv(x.astype(self.dtype), kernel.astype(self.dtype), strides,
+                 'SAME').astype(jnp.float32)
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool) -> Array:
@@ -368,13 +399,13 @@ class SNConv(nn.Module):
     strides = _pair(self.strides)
     if not self.fast:
       kernel = _sn_kernel(self, kernel, update_stats, self.n_power_iterations, self.eps)
-      return _conv(x, kernel, strides, 'SAME') + bias
+      return self._product(x, kernel, strides) + bias
     sigma = _sn_sigma(self, kernel, update_stats, self.n_power_iterations, self.eps)
     out_size = x.shape[0] * self.features * (x.shape[1] // strides[0]) * (
         x.shape[2] // strides[1])
     if out_size < kernel.size:  # Dividing the (smaller) output is cheaper.
-      return _conv(x, kernel, strides, 'SAME') / sigma + bias
-    return _conv(x, kernel / sigma, strides, 'SAME') + bias
+      return self._product(x, kernel, strides) / sigma + bias
+    return self._product(x, kernel / sigma, strides) + bias
 
 
 class SNDense(nn.Module):
@@ -391,6 +422,10 @@ class SNDense(nn.Module):
   n_power_iterations: int = 1
   eps: float = 1e-12
   fast: bool = True
+  dtype: Any = jnp.float32  # Compute dtype of x W (float32 result); sigma is float32.
+
+  def _product(self, x: Array, kernel: Array) -> Array:
+    return matmul(x.astype(self.dtype), kernel.astype(self.dtype))
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool) -> Array:
@@ -399,11 +434,13 @@ class SNDense(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     if not self.fast:
       kernel = _sn_kernel(self, kernel, update_stats, self.n_power_iterations, self.eps)
-      return x @ kernel + bias
+      if jnp.dtype(self.dtype) == jnp.float32:
+        return x @ kernel + bias  # The reference formulation, autodiff included.
+      return self._product(x, kernel) + bias
     sigma = _sn_sigma(self, kernel, update_stats, self.n_power_iterations, self.eps)
     if x.size // x.shape[-1] < kernel.shape[0]:  # batch rows < input features
-      return matmul(x, kernel) / sigma + bias
-    return matmul(x, kernel / sigma) + bias
+      return self._product(x, kernel) / sigma + bias
+    return self._product(x, kernel / sigma) + bias
 
 
 # --------------------------------------------------------------------------------------
@@ -477,8 +514,20 @@ def dense(features: int, name: str | None = None, **kw: Any) -> Dense:
   return Dense(features, kernel_init=glorot_uniform, bias_init=zeros_init, name=name, **kw)
 
 
+def _cast_operands(inputs: Array, kernel: Array, bias: Array | None,
+                   dtype: Any = None) -> tuple[Array, Array, Array | None]:
+  """``nn.Conv``'s ``promote_dtype`` hook for a lower compute dtype: the convolution's operands
+  in ``dtype``, the bias left float32, so that it is added to the product in float32."""
+  return inputs.astype(dtype), kernel.astype(dtype), bias
+
+
 def conv(features: int, kernel_size: int, strides: int = 1,
-         name: str | None = None) -> nn.Conv:
-  """``tf.layers.conv2d(..., padding='same')`` (glorot-uniform kernel, zero bias)."""
+         name: str | None = None, dtype: Any = jnp.float32) -> nn.Conv:
+  """``tf.layers.conv2d(..., padding='same')`` (glorot-uniform kernel, zero bias).
+
+  ``dtype``: compute dtype of the convolution; float32 parameters, bias and result either way.
+  """
+  low_precision = ({} if jnp.dtype(dtype) == jnp.float32
+                   else {'dtype': dtype, 'promote_dtype': _cast_operands})
   return nn.Conv(features, _pair(kernel_size), strides=_pair(strides), padding='SAME',
-                 kernel_init=glorot_uniform, bias_init=zeros_init, name=name)
+                 kernel_init=glorot_uniform, bias_init=zeros_init, name=name, **low_precision)

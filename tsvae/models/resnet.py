@@ -6,6 +6,8 @@ All kernels glorot-uniform, biases zero (``tf.layers`` defaults).
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,14 +24,16 @@ class ResBlock(nn.Module):
   depth: int = 2
   kernel_size: int = 3
   bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
+  dtype: Any = jnp.float32  # Compute dtype of the matmuls and convolutions (layers.py).
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     y = x
     for i in range(self.depth):
       y = nn.relu(layers.batch_norm(train, zero_debias=self.bn_zero_debias, name=f'bn{i}')(y))
-      y = layers.conv(self.features, self.kernel_size, name=f'layer{i}')(y)
-    return y + layers.conv(self.features, self.kernel_size, name='shortcut')(x)
+      y = layers.conv(self.features, self.kernel_size, name=f'layer{i}', dtype=self.dtype)(y)
+    return y + layers.conv(self.features, self.kernel_size, name='shortcut',
+                           dtype=self.dtype)(x)
 
 
 class ScaleBlock(nn.Module):
@@ -39,12 +43,14 @@ class ScaleBlock(nn.Module):
   depth_per_block: int = 2
   kernel_size: int = 3
   bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
+  dtype: Any = jnp.float32  # Compute dtype of the matmuls and convolutions (layers.py).
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     for i in range(self.block_per_scale):
       x = ResBlock(self.features, self.depth_per_block, self.kernel_size,
-                   bn_zero_debias=self.bn_zero_debias, name=f'block{i}')(x, train)
+                   bn_zero_debias=self.bn_zero_debias, dtype=self.dtype,
+                   name=f'block{i}')(x, train)
     return x
 
 
@@ -52,13 +58,14 @@ class ResFcBlock(nn.Module):
   """Reference ``res_fc_block``: ``depth`` x (ReLU -> dense) plus a dense shortcut."""
   features: int
   depth: int = 2
+  dtype: Any = jnp.float32  # Compute dtype of the matmuls and convolutions (layers.py).
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     y = x
     for i in range(self.depth):
-      y = layers.dense(self.features, name=f'layer{i}')(nn.relu(y))
-    return y + layers.dense(self.features, name='shortcut')(x)
+      y = layers.dense(self.features, name=f'layer{i}', dtype=self.dtype)(nn.relu(y))
+    return y + layers.dense(self.features, name='shortcut', dtype=self.dtype)(x)
 
 
 def decoder_scales(size: int, base_dim: int) -> tuple[list[int], list[int]]:
@@ -87,22 +94,24 @@ class ResNetEncoder(nn.Module):
   base_dim: int = 16
   fc_dim: int = 512
   bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
+  dtype: Any = jnp.float32  # Compute dtype of the matmuls and convolutions (layers.py).
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array, Array]:
     dim = self.base_dim
-    y = layers.conv(dim, self.kernel_size, name='conv0')(x)
+    y = layers.conv(dim, self.kernel_size, name='conv0', dtype=self.dtype)(x)
     for i in range(self.num_scale):
       y = ScaleBlock(dim, self.block_per_scale, self.depth_per_block, self.kernel_size,
-                     bn_zero_debias=self.bn_zero_debias, name=f'scale{i}')(y, train)
+                     bn_zero_debias=self.bn_zero_debias, dtype=self.dtype,
+                     name=f'scale{i}')(y, train)
       if i != self.num_scale - 1:
         dim *= 2
-        y = layers.conv(dim, self.kernel_size, 2, name=f'downsample{i}')(y)
+        y = layers.conv(dim, self.kernel_size, 2, name=f'downsample{i}', dtype=self.dtype)(y)
     y = jnp.mean(y, axis=(1, 2))
     # scale_fc_block with a single block of depth depth_per_block.
-    y = ResFcBlock(self.fc_dim, self.depth_per_block, name='fc_block0')(y)
-    mu = layers.dense(self.latent_dim, name='mu')(y)
-    log_sigma = layers.dense(self.latent_dim, name='log_sigma')(y)
+    y = ResFcBlock(self.fc_dim, self.depth_per_block, dtype=self.dtype, name='fc_block0')(y)
+    mu = layers.dense(self.latent_dim, name='mu', dtype=self.dtype)(y)
+    log_sigma = layers.dense(self.latent_dim, name='log_sigma', dtype=self.dtype)(y)
     return mu, jnp.exp(log_sigma), log_sigma
 
 
@@ -116,18 +125,19 @@ class ResNetDecoder(nn.Module):
   base_dim: int = 16
   fast_vjp: bool = True
   bn_zero_debias: bool = False  # BN moving averages as TF1's zero_debias (layers.batch_norm).
+  dtype: Any = jnp.float32  # Compute dtype of the matmuls and convolutions (layers.py).
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
     size, _, channels = self.image_shape
     scales, dims = decoder_scales(size, self.base_dim)
-    y = layers.dense(2 * 2 * dims[0], name='fc0')(z)
+    y = layers.dense(2 * 2 * dims[0], name='fc0', dtype=self.dtype)(z)
     y = y.reshape(y.shape[0], 2, 2, dims[0])
     for i in range(len(scales) - 1):
       y = layers.ConvTranspose(dims[i + 1], self.kernel_size, 2, fast_vjp=self.fast_vjp,
-                               name=f'up{i}')(y)
+                               dtype=self.dtype, name=f'up{i}')(y)
       y = ScaleBlock(dims[i + 1], self.block_per_scale, self.depth_per_block,
-                     self.kernel_size, bn_zero_debias=self.bn_zero_debias,
+                     self.kernel_size, bn_zero_debias=self.bn_zero_debias, dtype=self.dtype,
                      name=f'scale{i}')(y, train)
-    y = layers.conv(channels, self.kernel_size, name='out')(y)
+    y = layers.conv(channels, self.kernel_size, name='out', dtype=self.dtype)(y)
     return nn.sigmoid(y)

@@ -12,6 +12,10 @@ Holds an encoder, a decoder and the decoder's standard deviation γ (``loggamma_
 
 The last two also keep that running MSE in ``batch_stats/running_mse`` so that γ has a value
 outside a batch (for ancestral sampling and reporting).
+
+Whatever the compute dtype of the encoder and decoder (``layers.py``), their outputs are cast
+to float32 here: μ, σ, log σ, the decoder mean, log γ, and so the KL, the residual (x − x̂)/γ
+and the loss are float32, and γ → 0 stays as well defined as in a float32 model.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ import jax.numpy as jnp
 Array = jax.Array
 
 GAMMA_MODES = ('learned', 'fixed', 'optimal', 'running_mse')
+
+
+def _float32(arrays):
+  """``arrays`` (an array or a tuple of them) in float32; a no-op for float32 nets."""
+  return jax.tree.map(lambda a: a.astype(jnp.float32), arrays)
 
 
 class VAE(nn.Module):
@@ -58,8 +67,8 @@ class VAE(nn.Module):
     return jnp.maximum(loggamma, self.loggamma_floor)
 
   def encode(self, x: Array, train: bool) -> tuple[Array, Array, Array]:
-    """Returns (mu, sigma, log_sigma), each [B, latent_dim]."""
-    return self.encoder(x, train=train)
+    """Returns (mu, sigma, log_sigma), each [B, latent_dim], float32."""
+    return _float32(self.encoder(x, train=train))
 
   def posterior_sample(self, x: Array, eps: Array, train: bool) -> Array:
     """A draw of q(z|x) for the noise ``eps`` [B, latent_dim]: here z = μ + σ·eps.
@@ -71,8 +80,8 @@ class VAE(nn.Module):
     return mu + sigma * eps
 
   def decode(self, z: Array, train: bool) -> Array:
-    """Returns the decoder mean (sigmoid images for stage 1, z_hat for stage 2)."""
-    return self.decoder(z, train=train)
+    """Returns the decoder mean (sigmoid images for stage 1, z_hat for stage 2), float32."""
+    return _float32(self.decoder(z, train=train))
 
   def loggamma(self) -> Array:
     """log γ outside a batch: the parameter, the fixed value, or ½ log(running MSE)."""
