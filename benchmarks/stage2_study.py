@@ -56,7 +56,12 @@ def parse_args(argv=None):
   p.add_argument('--num_samples', type=int, default=10_000)
   p.add_argument('--fid_points', choices=('all', 'last'), default='all',
                  help='stage-2 milestones that get a real FID (proxy FD: all of them)')
-  p.add_argument('--fid_noise_scales', default='1,0')
+  p.add_argument('--fid_noise_scales', default='1,0',
+                 help='stage-2 noise scales that get a real FID; the first at once, the others '
+                      'after every recipe has trained (so that a short session scores each '
+                      'recipe at the reference scale first)')
+  p.add_argument('--fid_sets', default='stage1,gmm,recon',
+                 help='fixed reference sets that get a real FID (proxy FD: all of them)')
   p.add_argument('--inception_compute_dtype', default='bfloat16',
                  choices=('float32', 'bfloat16'))
   p.add_argument('--skip_floor', action='store_true', help='no train-vs-test FID point')
@@ -70,6 +75,10 @@ def parse_args(argv=None):
   args.schedule = parse_schedule(args.schedule)
   args.fid_noise_scales = tuple(float(s) for s in args.fid_noise_scales.split(',') if s)
   args.overrides = dict(parse_override(o) for o in args.override)
+  args.fid_sets = tuple(name for name in args.fid_sets.split(',') if name)
+  unknown = set(args.fid_sets) - {'stage1', 'gmm', 'recon'}
+  if unknown:
+    raise SystemExit(f'--fid_sets: unknown {sorted(unknown)}; known: stage1, gmm, recon.')
   return args
 
 
@@ -305,7 +314,8 @@ def references(args, config, experiment, state1, codes, scorer, base):
     images = sampling.generate_stage1(experiment.model1, v1, r1, n,
                                       latent_dim=config.latent_dim, batch_size=batch)
     grids['stage1'] = images[:100]
-    _write(args, 'stage1', dict(base, **score_point(args, scorer, 'stage1', images, True, info)))
+    _write(args, 'stage1', dict(base, **score_point(args, scorer, 'stage1', images,
+                                                    'stage1' in args.fid_sets, info)))
   if not _exists(args, 'gmm'):
     start = time.time()
     gmm = expost_gmm.fit(mu, int(config.eval.expost_gmm_components), seed=int(config.eval.seed))
@@ -314,13 +324,13 @@ def references(args, config, experiment, state1, codes, scorer, base):
                                  gmm, n, int(config.eval.seed), batch_size=min(batch, n))
     grids['gmm'] = images[:100]
     _write(args, 'gmm', dict(base, **score_point(
-        args, scorer, 'gmm', images, True,
+        args, scorer, 'gmm', images, 'gmm' in args.fid_sets,
         dict(stage1_info, gmm=gmm.summary(), gmm_fit_seconds=fit_s))))
   if not _exists(args, 'recon'):
     test_float = scorer.test_uint8.astype(np.float32) / 255.0
     images = sampling.reconstruct(experiment.model1, v1, test_float, rr, batch_size=batch)
-    _write(args, 'recon', dict(base, **score_point(args, scorer, 'recon', images, True,
-                                                   stage1_info)))
+    _write(args, 'recon', dict(base, **score_point(args, scorer, 'recon', images,
+                                                   'recon' in args.fid_sets, stage1_info)))
   return grids
 
 
@@ -332,8 +342,13 @@ def floor(args, scorer, base):
   _write(args, 'train', record)
 
 
-def stage2_recipe(args, config, state1, experiment1, codes, scorer, base, recipe, milestones):
-  """Trains stage 2 of `recipe` to each milestone and scores it there."""
+def stage2_recipe(args, config, state1, experiment1, codes, scorer, base, recipe, milestones,
+                  deferred):
+  """Trains stage 2 of `recipe` to each milestone and scores it there.
+
+  FIDs at the second and later --fid_noise_scales are appended to `deferred` as (name, images,
+  record) for `score_deferred`.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tsvae import config_lib  # pylint: disable=g-import-not-at-top
@@ -345,11 +360,11 @@ def stage2_recipe(args, config, state1, experiment1, codes, scorer, base, recipe
   with workdir_lock.hold(os.path.join(args.root, f'{args.dataset}_s2_{recipe}'),
                          'benchmarks/stage2_study.py'):
     return _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base, recipe,
-                                 milestones)
+                                 milestones, deferred)
 
 
 def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base, recipe,
-                          milestones):
+                          milestones, deferred):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tsvae import config_lib  # pylint: disable=g-import-not-at-top
@@ -403,11 +418,21 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
       images = sampling.generate_stage2(experiment.model1, v1, experiment.model2, v2, r2, n,
                                         batch_size=batch, noise_scale=scale)
       grids[name] = images[:100]
-      record = score_point(args, scorer, name, images,
-                           with_fid and scale in args.fid_noise_scales,
-                           dict(info, noise_scale=scale))
-      _write(args, name, dict(base, **record))
+      now = with_fid and args.fid_noise_scales[:1] == (scale,)
+      record = dict(base, **score_point(args, scorer, name, images, now,
+                                        dict(info, noise_scale=scale)))
+      _write(args, name, record)
+      if with_fid and scale in args.fid_noise_scales[1:] and scorer.extractor is not None:
+        deferred.append((name, images, record))
   return grids
+
+
+def score_deferred(args, scorer, deferred):
+  """The FIDs `stage2_recipe` left for after every recipe had trained."""
+  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+  for name, images, record in deferred:
+    record['fid'], record['fid_seconds'] = scorer.fid(evaluate.min_max_stretch(images))
+    _write(args, name, record)
 
 
 # ------------------------------------------------------------------------------ plot
@@ -519,11 +544,13 @@ def main(argv=None):
     codes = experiment.encode_split(state1, 'train')  # (μ_z, σ_z) of the training set.
     grids = references(args, config, experiment, state1, codes, scorer, base)
     save_grids(args.out, grids)
+    deferred = []
     for recipe, milestones in args.schedule.items():
       grids = stage2_recipe(args, config, state1, experiment, codes, scorer, base, recipe,
-                            milestones)
+                            milestones, deferred)
       save_grids(args.out, grids)
       plot(args.out)
+    score_deferred(args, scorer, deferred)
     floor(args, scorer, base)
   plot(args.out)
 

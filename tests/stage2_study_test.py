@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from testdata import write_mnist_dir
@@ -73,3 +74,29 @@ def test_bad_schedule_fails_before_any_work(tmp_path, schedule, match):
   with pytest.raises(SystemExit, match=match):
     stage2_study.parse_args(['--out', str(tmp_path), f'--schedule={schedule}'])
   assert not os.listdir(tmp_path)
+
+
+def test_deferred_fids_are_written_into_their_points(tmp_path):
+  """The noise-0 FIDs come after every recipe trained, into the points already written."""
+
+  class CountingScorer:
+    calls = 0
+
+    def fid(self, images):
+      CountingScorer.calls += 1
+      return float(images.mean()), 0.5
+
+  args = stage2_study.parse_args(['--out', str(tmp_path), '--no_fid'])
+  record = {'benchmark': 'stage2_study', 'point': 'p', 'fid': None, 'proxy_fd': 3.0}
+  stage2_study._write(args, 'p', record)
+  images = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 2, 2, 1)
+  stage2_study.score_deferred(args, CountingScorer(), [('p', images, record)])
+  point = stage2_study.load_points(str(tmp_path))[0]
+  assert CountingScorer.calls == 1
+  assert point['fid'] == 0.5 and point['fid_seconds'] == 0.5  # Min-max stretched: mean 0.5.
+  assert point['proxy_fd'] == 3.0
+
+
+def test_unknown_fid_set_is_refused(tmp_path):
+  with pytest.raises(SystemExit, match='unknown'):
+    stage2_study.parse_args(['--out', str(tmp_path), '--fid_sets=stage1,stage3'])
