@@ -71,6 +71,8 @@ def parse_args(argv=None):
                       'the model with it); values are parsed as JSON, else kept as text')
   p.add_argument('--out', required=True)
   p.add_argument('--plot', action='store_true', help='only draw the plot from --out')
+  p.add_argument('--table', action='store_true',
+                 help="only print the README's markdown table of the points in --out")
   args = p.parse_args(argv)
   args.schedule = parse_schedule(args.schedule)
   args.fid_noise_scales = tuple(float(s) for s in args.fid_noise_scales.split(',') if s)
@@ -510,6 +512,33 @@ def plot(out):
   return path
 
 
+def _fmt(value, spec='.1f'):
+  return '–' if value is None else format(value, spec)
+
+
+def table(out) -> str:
+  """The README's table: one row per scored set, fixed references first."""
+  points = load_points(out)
+  lines = ['| samples | stage-2 epochs | stage-2 training (min) | FID | proxy FD | γ_z | mmd_u |',
+           '|---|---|---|---|---|---|---|']
+  labels = {'stage1': 'stage 1 prior (single-stage VAE, learned γ)',
+            'gmm': 'ex-post GMM on μ_z (10 components)', 'recon': 'reconstructions',
+            'train': 'real training images (floor)'}
+  for name, label in labels.items():
+    for p in points:
+      if p['point'] == name:
+        lines.append(f'| {label} | | | {_fmt(p.get("fid"))} | {_fmt(p["proxy_fd"])} | | |')
+  series = sorted((p for p in points if 'recipe' in p),
+                  key=lambda p: (list(RECIPES).index(p['recipe']), p['stage2_epochs'],
+                                 -p['noise_scale']))
+  for p in series:
+    lines.append(
+        f'| stage 2, {p["recipe"]}, noise {p["noise_scale"]:g} | {p["stage2_epochs"]} | '
+        f'{p["stage2_train_seconds"] / 60:.1f} | {_fmt(p.get("fid"))} | {_fmt(p["proxy_fd"])} | '
+        f'{p["gamma_z"]:.3f} | {_fmt(p["mmd_u"], ".4f")} |')
+  return '\n'.join(lines)
+
+
 def save_grids(out, grids):
   """One picture: 10x10 grids of the first 100 images of each set, side by side."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -523,8 +552,11 @@ def save_grids(out, grids):
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.plot:
-    plot(args.out)
+  if args.plot or args.table:
+    if args.plot:
+      plot(args.out)
+    if args.table:
+      print(table(args.out))
     return
   # Inception features shard over two host devices (~1.26x here); training uses the first.
   os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')

@@ -52,6 +52,9 @@ def test_study_records_every_point_then_resumes_without_retraining(tmp_path):
   # The same u and ε at both noise scales; the scales differ only in the noise.
   assert points['stage2_reference_e2_noise0']['gamma_z'] == s2['gamma_z']
   assert os.path.exists(tmp_path / 'out' / 'stage2_study.png')
+  rows = stage2_study.table(str(tmp_path / 'out')).splitlines()
+  assert len(rows) == 2 + 3 + 6  # Header, stage1/gmm/recon, three milestones x two scales.
+  assert rows[2].startswith('| stage 1 prior') and 'stage 2, reference, noise 1 | 1 |' in rows[5]
   assert os.path.exists(tmp_path / 'out' / 'grids' / 'stage2_reference_e2_noise1.png')
 
   # A longer schedule resumes: stage 2 continues from epoch 2 and nothing else is redone.
