@@ -40,6 +40,8 @@ RUN_CONTROL_KEYS = (
     'log_every_steps',
     'checkpoint_every_steps',
     'keep_checkpoints',
+    'steps_per_call',  # Same steps, same order; equal to float tolerance (tests/scan_test.py).
+    'data.device_resident_max_mb',  # Device-resident batches equal the host's.
     'sampling.',
     'eval.',
     'distributed.',
@@ -172,6 +174,7 @@ def validate(config, *, num_devices: int, num_processes: int = 1):
     raise ConfigError('config.sampling.stage2_noise_scale multiplies the γ_z·ε noise of '
                       f'stage-2 samples and must be a finite number >= 0, got {noise_scale!r}.')
   _check_outliers_and_gmm(config)
+  _check_steps_per_call(config)
   _check_fid(config)
   _check_stage1_model(config)
   shape = input_pipeline.image_shape(config.dataset)
@@ -217,6 +220,19 @@ def _check_outliers_and_gmm(config):
   if not isinstance(components, int) or isinstance(components, bool) or components < 0:
     raise ConfigError('config.eval.expost_gmm_components must be a non-negative integer '
                       f'(0 = no ex-post GMM), got {components!r}.')
+
+
+def _check_steps_per_call(config):
+  steps = config.get('steps_per_call', 1)
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    raise ConfigError('config.steps_per_call is the number of train steps per jitted call and '
+                      f'must be a positive integer (1 = one step per call), got {steps!r}.')
+  budget = config.data.get('device_resident_max_mb', 0)
+  if (not isinstance(budget, (int, float)) or isinstance(budget, bool)
+      or not math.isfinite(budget) or budget < 0):
+    raise ConfigError('config.data.device_resident_max_mb is the largest training set (MiB) '
+                      'kept on the devices and must be a finite number >= 0 (0 = always feed '
+                      f'from the host), got {budget!r}.')
 
 
 def _check_fid(config):

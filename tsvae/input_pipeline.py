@@ -15,6 +15,9 @@ Datasets: 'mnist', 'fashion_mnist', 'cifar10', 'celeba', 'celeba140'.
   - CelebA streams: tfds file shuffling seeded via `tfds.ReadConfig(shuffle_seed=...)`, then a
     `shuffle(shuffle_buffer, seed, reshuffle_each_iteration=False)` over still-encoded JPEG
     bytes, skipping resumed batches before decoding, crop and resize.
+* `training_images` and `epoch_rows` give the in-memory split and each epoch's global batches as
+  row indices into it: the same order, for the train loop's device-resident data
+  (`steps_per_call` > 1), which gathers its batches on the devices.
 * `make_eval_dataset` gives deterministic batches in split order (last one may be partial),
   optionally of a seeded random subset.
 * Stage-2 latents are stored as a tfds-format directory (tfrecord + tfds metadata) by
@@ -47,10 +50,10 @@ from tsvae.datasets import validate_manual_dir
 from tsvae.datasets.online_builders import ONLINE_BUILDERS
 
 __all__ = [
-    'DATASETS', 'DataError', 'LatentDataset', 'check_dataset', 'corrupt_images', 'get_builder',
-    'image_shape', 'make_eval_dataset', 'make_image_dataset', 'make_latent_dataset',
+    'DATASETS', 'DataError', 'LatentDataset', 'check_dataset', 'corrupt_images', 'epoch_rows',
+    'get_builder', 'image_shape', 'make_eval_dataset', 'make_image_dataset', 'make_latent_dataset',
     'num_examples', 'outlier_pixel_count', 'preprocess_image', 'read_latent_dataset_builder',
-    'validate_manual_dir', 'write_latent_dataset', 'CorruptLatents'
+    'training_images', 'validate_manual_dir', 'write_latent_dataset', 'CorruptLatents'
 ]
 
 # This process feeds JAX; keep TensorFlow off any accelerator.
@@ -347,6 +350,31 @@ def _in_memory_epoch(arrays: Dict[str, np.ndarray], global_batch: int,
   order = np.concatenate(rows) if rows else np.zeros((0,), np.int64)
   ds = tf.data.Dataset.from_tensor_slices({k: v[order] for k, v in arrays.items()})
   return ds.batch(local_batch, drop_remainder=drop_remainder)
+
+
+def epoch_rows(num_examples: int, global_batch_size: int, shuffle_seed: Optional[int],
+               epoch: int) -> np.ndarray:
+  """int64 [num_examples // global_batch_size, global_batch_size]: the rows of each global batch.
+
+  Row b holds the indices (into the whole stored split) of the examples of global batch b of
+  `epoch`: the batches `make_image_dataset` and `make_latent_dataset` yield for an in-memory
+  data set (process p's slice of batch b is its p-th 1/P), the last partial batch dropped. The
+  scanned train loop gathers these rows from the device-resident split.
+  """
+  _check_epoch_args(epoch, 0)
+  n, batch = int(num_examples), int(global_batch_size)
+  order = np.arange(n) if shuffle_seed is None else _permutation(n, shuffle_seed, epoch, 0)
+  num_batches = n // batch
+  return order[:num_batches * batch].reshape(num_batches, batch)
+
+
+def training_images(builder, split: str, dataset: str) -> np.ndarray:
+  """uint8 [N, H, W, C]: the whole preprocessed `split` of an in-memory data set, stored order.
+
+  The array `make_image_dataset` draws its in-memory batches from (cached per builder object).
+  """
+  check_dataset(dataset)
+  return _load_uint8(builder, split, dataset, 0, 1, cache=True)
 
 
 def _check_nonempty_epoch(n_local: int, local_batch: int, drop_remainder: bool, what: str):

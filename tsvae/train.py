@@ -192,24 +192,137 @@ def jit_train_step(train_step, mesh: Mesh):
   convolutions, while its dots (notably g @ W^T) and channel reductions (BatchNorm) are the
   faster ones. A YNN setting in XLA_FLAGS is left to take effect instead.
   """
-  import os  # pylint: disable=g-import-not-at-top
-  compiler_options = None
-  if (all(d.platform == 'cpu' for d in mesh.devices.flat)
-      and 'ynn_fusion_type' not in os.environ.get('XLA_FLAGS', '')):
-    compiler_options = {'xla_cpu_experimental_ynn_fusion_type':
-                        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
-    try:  # An experimental option: a jaxlib that does not know it compiles without it.
-      jax.jit(lambda x: x + 1, compiler_options=compiler_options).lower(
-          np.float32(0)).compile()
-    except Exception:  # pylint: disable=broad-except
-      compiler_options = None
   return jax.jit(train_step,
                  in_shardings=(replicated(mesh), batch_sharded(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)),
-                 donate_argnums=(0,), compiler_options=compiler_options)
+                 donate_argnums=(0,), compiler_options=_compiler_options(mesh))
+
+
+def _compiler_options(mesh: Mesh) -> Optional[Dict[str, str]]:
+  """The CPU YNNPACK setting of `jit_train_step` (None off the CPU or when XLA_FLAGS sets it)."""
+  import os  # pylint: disable=g-import-not-at-top
+  if (not all(d.platform == 'cpu' for d in mesh.devices.flat)
+      or 'ynn_fusion_type' in os.environ.get('XLA_FLAGS', '')):
+    return None
+  compiler_options = {'xla_cpu_experimental_ynn_fusion_type':
+                      'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+  try:  # An experimental option: a jaxlib that does not know it compiles without it.
+    jax.jit(lambda x: x + 1, compiler_options=compiler_options).lower(
+        np.float32(0)).compile()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return compiler_options
+
+
+# ----------------------------------------------------------------------------- scanned steps
+# `steps_per_call` > 1: one jitted call runs n <= steps_per_call steps with `lax.scan` and returns
+# the metrics stacked along a leading axis of length n. The scan body is the very step function
+# of `make_train_step`: step t trains on the same batch with the same noise as in the one-step
+# path. On XLA:CPU the results agree with it to float tolerance (a convolution's kernel gradient
+# compiles differently inside the loop) and are bitwise the same for any cut into calls
+# (tests/scan_test.py).
+
+
+def calls_sharded(mesh: Mesh) -> NamedSharding:
+  """[n, global_batch, ...] stacks of batches: steps along axis 0, each batch sharded on 'data'."""
+  return NamedSharding(mesh, P(None, 'data'))
+
+
+def shard_stacked_batches(batches, mesh: Mesh) -> Dict[str, jax.Array]:
+  """n of this process's numpy batches → one [n, global_batch, ...] jax.Array per key."""
+  sharding = calls_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.stack([b[k] for b in batches]))
+          for k in batches[0]}
+
+
+def jit_scanned_steps(train_step, mesh: Mesh):
+  """(state, stacked batches [n, B, ...]) → (state after n steps, metrics stacked [n])."""
+
+  def run(state, batches):
+    return jax.lax.scan(train_step, state, batches)
+
+  return jax.jit(run, in_shardings=(replicated(mesh), calls_sharded(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)),
+                 donate_argnums=(0,), compiler_options=_compiler_options(mesh))
+
+
+# float32(i) / 255 correctly rounded, as the host pipeline's tf.cast(x, tf.float32) / 255.0
+# computes it. XLA rewrites a division by the constant 255 into a multiplication by its
+# reciprocal, which differs in the last bit for some i: a table look-up keeps the device-resident
+# batches bitwise equal to the host's.
+_UINT8_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255)
+
+
+def _device_batch(data: Mapping[str, jax.Array], rows: jax.Array) -> Dict[str, jax.Array]:
+  """The rows of the device-resident arrays, as the host pipeline would have fed them."""
+  batch = {}
+  for key, array in data.items():
+    values = jnp.take(array, rows, axis=0)
+    if values.dtype == jnp.uint8:
+      values = jnp.take(jnp.asarray(_UINT8_TO_UNIT), values.astype(jnp.int32), axis=0)
+    batch[key] = values
+  return batch
+
+
+def jit_gathered_steps(train_step, mesh: Mesh):
+  """(state, device arrays, rows [n, B]) → (state after n steps, metrics stacked [n]).
+
+  Step i trains on `data[rows[i]]`; the data stay on the devices (replicated: each device holds
+  the whole training set and gathers its own slice of every global batch, with no communication).
+  """
+  batch_sharding = batch_sharded(mesh)
+
+  def run(state, data, rows):
+    def body(state, step_rows):
+      batch = jax.lax.with_sharding_constraint(_device_batch(data, step_rows), batch_sharding)
+      return train_step(state, batch)
+    return jax.lax.scan(body, state, rows)
+
+  return jax.jit(run, in_shardings=(replicated(mesh), replicated(mesh), calls_sharded(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)),
+                 donate_argnums=(0,), compiler_options=_compiler_options(mesh))
+
+
+def put_replicated(arrays: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
+  """Host arrays (identical in every process) → global arrays replicated on every device."""
+  sharding = replicated(mesh)
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+          for k, v in arrays.items()}
+
+
+def put_rows(rows: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Global batch rows [n, global_batch] (identical in every process) → sharded on 'data'."""
+  return jax.make_array_from_callback(rows.shape, calls_sharded(mesh),
+                                      lambda index: rows[index])
+
+
+def call_length(step: int, stop: int, steps_per_call: int) -> int:
+  """Steps of the call that starts at `step` and may not pass `stop` (a boundary).
+
+  steps_per_call when they fit; else the largest power of two that does, so that the short
+  calls before a boundary compile at most 1 + log2(steps_per_call) more scan lengths.
+  """
+  room = stop - step
+  if room >= steps_per_call:
+    return steps_per_call
+  return 1 << (room.bit_length() - 1)
 
 
 # ----------------------------------------------------------------------------- the loop
+
+
+@dataclasses.dataclass
+class DeviceData:
+  """An in-memory training set that the scanned path (steps_per_call > 1) keeps on the devices.
+
+  Attributes:
+    load: () → the whole training split as host arrays {key: [N, ...]}, the same in every
+      process (uint8 images are fed as float32 / 255, as the host pipeline feeds them).
+    epoch_rows: epoch → int [batches, global_batch]: the rows of the split in each global
+      batch of that epoch, in order; the same rows the host pipeline's `epoch_batches` yields.
+  """
+  load: Callable[[], Mapping[str, np.ndarray]]
+  epoch_rows: Callable[[int], np.ndarray]
 
 
 @dataclasses.dataclass
@@ -229,6 +342,8 @@ class StageSpec:
     examples_per_batch: global batch size (for examples/s).
     objective: (x, outputs, params) → (loss, metrics); None = the ELBO of `config`
       (reconstruction_loss, beta).
+    device_data: the training set to keep on the devices when steps run scanned (None: the
+      scanned path stacks `epoch_batches`' host batches instead).
   """
   name: str
   model: Any
@@ -240,6 +355,7 @@ class StageSpec:
   base_rng: jax.Array
   examples_per_batch: int
   objective: Optional[losses.Objective] = None
+  device_data: Optional[DeviceData] = None
 
 
 def total_steps(stage_config, steps_per_epoch: int) -> int:
@@ -250,7 +366,7 @@ def total_steps(stage_config, steps_per_epoch: int) -> int:
 
 
 class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop polls between steps."""
+  """Turns SIGTERM into a flag the loop polls between jitted calls (of steps_per_call steps)."""
 
   def __init__(self):
     self.raised = False
@@ -260,7 +376,8 @@ class _SigtermFlag:
     def handler(signum, frame):
       del signum, frame
       self.raised = True
-      logging.warning('SIGTERM received: finishing the current step, then checkpointing.')
+      logging.warning('SIGTERM received: finishing the current call (at most steps_per_call '
+                      'steps), then checkpointing.')
     try:
       self._previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # Not the main thread (e.g. a notebook worker): no handler.
@@ -288,14 +405,24 @@ def _check_finite(stage: str, step_metrics, first_step: int, last_good: Optional
 def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerprint: str,
                 log_every_steps: int, checkpoint_every_steps: int, keep_checkpoints: int,
                 nan_policy: str = 'error', target_steps: Optional[int] = None,
-                on_step: Optional[Callable[[int], None]] = None) -> TrainState:
+                on_step: Optional[Callable[[int], None]] = None,
+                steps_per_call: int = 1) -> TrainState:
   """Trains one stage to its end (or resumes it), checkpointing as it goes.
 
   Resumes from the stage's latest checkpoint; the data order and the noise of step t are pure
   functions of (seed, stage, t), so a resumed run continues exactly like an uninterrupted one.
   `target_steps` overrides the number of steps the config asks for (a completed stage passes its
   final step, so that it is only restored).
+
+  `steps_per_call` > 1 runs up to that many steps per jitted call (`lax.scan`), on the
+  device-resident `spec.device_data` when there is one, else on stacked host batches. A call
+  never crosses a log, checkpoint or epoch boundary or the stage's end; the NaN check, logging,
+  checkpoints, the ETA probe and SIGTERM are handled between calls, and a SIGTERM waits for at
+  most one call. Scanned results do not depend on how the steps are cut into calls (bitwise);
+  they equal steps_per_call=1's to float tolerance (tests/scan_test.py).
   """
+  if steps_per_call < 1:
+    raise ValueError(f'steps_per_call must be >= 1, got {steps_per_call}.')
   schedule = lr_schedule(spec.config, spec.steps_per_epoch)
   tx = make_optimizer(schedule)
   state = create_train_state(spec.model, spec.example_input, base_rng=spec.base_rng, tx=tx)
@@ -315,20 +442,26 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
   step = int(state.step)
   logging.info('%s: step %d of %d (%d steps per epoch, %d epochs)', spec.name, step,
                num_steps, spec.steps_per_epoch, spec.config.num_epochs)
-  step_fn = jit_train_step(
-      make_train_step(spec.model, prepare_input=spec.prepare_input,
-                      reconstruction_loss=spec.config.reconstruction_loss,
-                      beta=spec.config.beta, nan_policy=nan_policy,
-                      objective=spec.objective), mesh)
+  train_step = make_train_step(spec.model, prepare_input=spec.prepare_input,
+                               reconstruction_loss=spec.config.reconstruction_loss,
+                               beta=spec.config.beta, nan_policy=nan_policy,
+                               objective=spec.objective)
   if step >= num_steps:  # Nothing to train: the stage is only restored.
     ckpt.close()
     return state
+  epoch_calls = _epoch_calls(spec, train_step, mesh, steps_per_call)
   writer = metric_logging.create_writer(workdir, spec.name)
 
   def save(at_step):
     ckpt.save(at_step, state, {'epoch': at_step // spec.steps_per_epoch})
 
-  pending = []  # Device metrics since the last host check.
+  def next_stop(at_step):
+    """The first boundary after `at_step` that a call may not cross."""
+    epoch_end = (at_step // spec.steps_per_epoch + 1) * spec.steps_per_epoch
+    return min(epoch_end, num_steps, (at_step // log_every_steps + 1) * log_every_steps,
+               (at_step // checkpoint_every_steps + 1) * checkpoint_every_steps)
+
+  pending = []  # Device metrics of the calls since the last host check.
   window_start_time, window_start_step = time.time(), step
   eta_probe = EtaProbe(spec.name, first_step=step, num_steps=num_steps,
                        examples_per_batch=spec.examples_per_batch)
@@ -336,21 +469,20 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
     with _SigtermFlag() as sigterm:
       while step < num_steps:
         epoch, skip = divmod(step, spec.steps_per_epoch)
-        batches = spec.epoch_batches(epoch, skip)
         epoch_start_step = step
-        for batch in itertools.islice(batches, spec.steps_per_epoch - skip):
-          state, metrics = step_fn(state, shard_batch(batch, mesh))
+        for state, num_called, metrics in epoch_calls(state, epoch, skip, next_stop):
           pending.append(metrics)
-          step += 1
+          first_called, step = step + 1, step + num_called
           eta_probe.after_step(step, metrics)
-          faults.kill_here(f'{spec.name}.step', step)
-          if on_step is not None:
-            on_step(step)
+          for called in range(first_called, step + 1):
+            faults.kill_here(f'{spec.name}.step', called)
+            if on_step is not None:
+              on_step(called)
           log_now = step % log_every_steps == 0 or step == num_steps
           save_now = step % checkpoint_every_steps == 0 or step == num_steps
           if log_now or save_now or sigterm.raised:
-            host_metrics = jax.device_get(pending)
-            _check_finite(spec.name, host_metrics, step - len(pending) + 1, last_good,
+            host_metrics = _per_step(jax.device_get(pending))
+            _check_finite(spec.name, host_metrics, step - len(host_metrics) + 1, last_good,
                           nan_policy)
             pending = []
             if log_now:
@@ -385,33 +517,104 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
   return state
 
 
+def _epoch_calls(spec: StageSpec, train_step, mesh: Mesh, steps_per_call: int):
+  """(state, epoch, skip, next_stop) → iterator of (state, steps run, metrics) per jitted call.
+
+  steps_per_call=1: one jitted step per host batch (metrics: scalars). Otherwise scanned calls
+  (metrics stacked [n]) over the device-resident data set, or over stacked host batches.
+  """
+  per_epoch = spec.steps_per_epoch
+  if steps_per_call == 1:
+    step_fn = jit_train_step(train_step, mesh)
+
+    def one_step_calls(state, epoch, skip, next_stop):
+      del next_stop  # Every step is a call.
+      for batch in itertools.islice(spec.epoch_batches(epoch, skip), per_epoch - skip):
+        state, metrics = step_fn(state, shard_batch(batch, mesh))
+        yield state, 1, metrics
+
+    return one_step_calls
+
+  if spec.device_data is None:
+    scan_fn = jit_scanned_steps(train_step, mesh)
+
+    def host_calls(state, epoch, skip, next_stop):
+      step = epoch * per_epoch + skip
+      batches = itertools.islice(spec.epoch_batches(epoch, skip), per_epoch - skip)
+      while True:
+        chunk = list(itertools.islice(batches, call_length(step, next_stop(step),
+                                                           steps_per_call)))
+        if not chunk:
+          return
+        state, metrics = scan_fn(state, shard_stacked_batches(chunk, mesh))
+        step += len(chunk)
+        yield state, len(chunk), metrics
+
+    return host_calls
+
+  gather_fn = jit_gathered_steps(train_step, mesh)
+  data = put_replicated(spec.device_data.load(), mesh)  # Once per stage.
+
+  def device_calls(state, epoch, skip, next_stop):
+    rows = np.asarray(spec.device_data.epoch_rows(epoch), np.int32)[:per_epoch]
+    step, offset = epoch * per_epoch + skip, skip
+    while offset < len(rows):
+      num = call_length(step, next_stop(step), steps_per_call)
+      call_rows = rows[offset:offset + num]
+      state, metrics = gather_fn(state, data, put_rows(call_rows, mesh))
+      step, offset = step + len(call_rows), offset + len(call_rows)
+      yield state, len(call_rows), metrics
+
+  return device_calls
+
+
+def _per_step(calls_metrics):
+  """Host metrics of calls (a scalar per key, or [n] stacked per key) → one dict per step."""
+  steps = []
+  for metrics in calls_metrics:
+    if np.ndim(metrics['finite']) == 0:
+      steps.append(metrics)
+    else:
+      steps.extend({k: v[i] for k, v in metrics.items()} for i in range(len(metrics['finite'])))
+  return steps
+
+
 class EtaProbe:
-  """Logs the stage's ETA as soon as a few steps after the compiling one have been timed.
+  """Logs the stage's ETA as soon as a few steps after the compiling call have been timed.
 
   The regular progress lines come every `log_every_steps` (100 by default: minutes at the
-  start of a CPU run); this one line comes after the first `PROBE_STEPS` compiled steps.
+  start of a CPU run); this one line comes once `PROBE_STEPS` steps after the first call (which
+  compiles) have run. `after_step` is called after every call (every step when steps_per_call
+  is 1) with the step reached.
   """
   PROBE_STEPS = 10
 
   def __init__(self, stage: str, *, first_step: int, num_steps: int, examples_per_batch: int):
     self.stage, self.first_step, self.num_steps = stage, first_step, num_steps
     self.examples_per_batch = examples_per_batch
-    self.start_time = None
+    self.start_time = self.start_step = None
     self.steps_per_sec = None  # Once measured.
+    self._done = False
 
   def after_step(self, step: int, metrics):
-    start_at = self.first_step + 1  # The first step compiles; timing starts after it.
-    end_at = start_at + self.PROBE_STEPS
-    if step not in (start_at, end_at) or end_at > self.num_steps:
+    if self._done or step <= self.first_step:
+      return
+    if self.start_step is None:  # The first call compiled; timing starts after it.
+      if step + self.PROBE_STEPS > self.num_steps:
+        self._done = True  # Too few steps left to time: no ETA line.
+        return
+      jax.block_until_ready(metrics)
+      self.start_time, self.start_step = time.time(), step
+      return
+    if step - self.start_step < self.PROBE_STEPS:
       return
     jax.block_until_ready(metrics)
-    if step == start_at:
-      self.start_time = time.time()
-      return
-    self.steps_per_sec = self.PROBE_STEPS / max(time.time() - self.start_time, 1e-9)
+    timed = step - self.start_step
+    self._done = True
+    self.steps_per_sec = timed / max(time.time() - self.start_time, 1e-9)
     remaining = (self.num_steps - step) / self.steps_per_sec
     logging.info('%s: %d steps to go; the first %d timed steps ran at %.2f steps/s (%.0f ex/s): '
-                 'ETA %s for this stage.', self.stage, self.num_steps - step, self.PROBE_STEPS,
+                 'ETA %s for this stage.', self.stage, self.num_steps - step, timed,
                  self.steps_per_sec, self.steps_per_sec * self.examples_per_batch,
                  metric_logging.format_duration(remaining))
 

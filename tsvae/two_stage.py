@@ -130,7 +130,19 @@ class Experiment:
     return dict(mesh=self.mesh, workdir=self.workdir, experiment_fingerprint=self.fingerprint,
                 log_every_steps=c.log_every_steps,
                 checkpoint_every_steps=c.checkpoint_every_steps,
-                keep_checkpoints=c.keep_checkpoints, nan_policy=c.nan_policy)
+                keep_checkpoints=c.keep_checkpoints, nan_policy=c.nan_policy,
+                steps_per_call=c.get('steps_per_call', 1))
+
+  def _device_data(self, num_bytes: int, load, epoch_rows) -> Optional[train.DeviceData]:
+    """`train.DeviceData` when scanned steps run and `num_bytes` fit data.device_resident_max_mb.
+
+    None keeps the host batches (stacked per call when steps_per_call > 1).
+    """
+    c = self.config
+    budget_mb = c.data.get('device_resident_max_mb', 0)
+    if c.get('steps_per_call', 1) == 1 or num_bytes > budget_mb * 2**20:
+      return None
+    return train.DeviceData(load=load, epoch_rows=epoch_rows)
 
   # ------------------------------------------------------------------------- stages
 
@@ -153,7 +165,25 @@ class Experiment:
         example_input=np.zeros((local_batch,) + tuple(self.image_shape), np.float32),
         steps_per_epoch=steps, epoch_batches=epoch_batches,
         base_rng=jax.random.fold_in(self.root_rng, _STAGE1_STREAM),
-        examples_per_batch=c.batch_size, objective=stage1_objective(c))
+        examples_per_batch=c.batch_size, objective=stage1_objective(c),
+        device_data=self._stage1_device_data())
+
+  def _stage1_device_data(self) -> Optional[train.DeviceData]:
+    """The uint8 training split on the devices: in-memory data sets without outlier noise."""
+    c = self.config
+    if (c.dataset not in input_pipeline.IN_MEMORY_DATASETS
+        or c.data.get('outlier_fraction', 0.0) > 0):  # The noise is added on the host (tf).
+      return None
+    builder = self.builder
+    num_train = input_pipeline.num_examples(builder, 'train')
+
+    def load():
+      return {'image': input_pipeline.training_images(builder, 'train', c.dataset)}
+
+    def epoch_rows(epoch):
+      return input_pipeline.epoch_rows(num_train, c.batch_size, c.seed, epoch)
+
+    return self._device_data(num_train * int(np.prod(self.image_shape)), load, epoch_rows)
 
   def stage2_spec(self) -> train.StageSpec:
     c = self.config
@@ -166,13 +196,19 @@ class Experiment:
           latents, global_batch_size=batch_size, shuffle_seed=c.seed + 1, epoch=epoch,
           skip_batches=skip))
 
+    def epoch_rows(epoch):
+      return input_pipeline.epoch_rows(latents.num_examples, batch_size, c.seed + 1, epoch)
+
+    device_data = self._device_data(
+        latents.num_examples * latents.latent_dim * 2 * 4,  # μ and σ, float32.
+        lambda: latents.load(0, latents.num_examples), epoch_rows)
     local_batch = batch_size // jax.process_count()
     example = np.zeros((local_batch, c.latent_dim), np.float32)
     return train.StageSpec(
         name='stage2', model=self.model2, config=c.stage2, prepare_input=train.latent_input,
         example_input=example, steps_per_epoch=steps, epoch_batches=epoch_batches,
         base_rng=jax.random.fold_in(self.root_rng, _STAGE2_STREAM),
-        examples_per_batch=batch_size)
+        examples_per_batch=batch_size, device_data=device_data)
 
   def restore_stage(self, name: str) -> train.TrainState:
     """The final state of a completed stage ('stage1' or 'stage2')."""
