@@ -17,9 +17,14 @@ Phases, each resumable (a point whose JSON exists is not computed again; checkpo
 
 Every point is one JSON in --out (commit, machine, config, wall times): FID (`tf_graph`
 preprocessing, --num_samples generated vs as many test images, the paper's protocol at 10k),
-proxy FD, and for stage 2 γ_z, mmd_u and the training loss at that step. FID is computed where
---fid_points says (every milestone, or the last of each recipe) at the --fid_noise_scales; the
-proxy FD everywhere. `--plot` (alone, or after the runs) draws <out>/stage2_study.png from the JSONs.
+proxy FD, and for stage 2 γ_z, mmd_u and the training loss at that step. The proxy FD is
+computed everywhere as the points come; FID (minutes per set on a CPU) where --fid_points,
+--fid_noise_scales and --fid_sets say, after all training, most telling first: the stage-1
+prior, the first recipe's last milestone at noise 1, the GMM, the other recipes' last
+milestones at noise 1, reconstructions, then the other noise scales and milestones. A run cut
+short keeps every point written so far; rerun it and only the missing FIDs are computed (their
+images are generated again from the same states and seeds). `--plot` / `--table` draw
+<out>/stage2_study.png / print the README table from the JSONs.
 """
 
 import argparse
@@ -186,6 +191,37 @@ def _exists(args, name):
   return os.path.exists(os.path.join(args.out, f'{name}.json'))
 
 
+def _read(args, name):
+  path = os.path.join(args.out, f'{name}.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _needs_fid(args, name, wanted: bool) -> bool:
+  record = _read(args, name)
+  return wanted and not args.no_fid and (record is None or record.get('fid') is None)
+
+
+class FidQueue:
+  """FIDs to compute after all training, most telling first (see the module doc)."""
+
+  def __init__(self):
+    self.items = []  # (priority, name, images, record)
+
+  def add(self, priority, name, images, record):
+    self.items.append((priority, name, images, record))
+
+  def run(self, args, scorer):
+    from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+    for _, name, images, record in sorted(self.items, key=lambda item: item[0]):
+      record['fid'], record['fid_seconds'] = scorer.fid(evaluate.min_max_stretch(images))
+      _write(args, name, record)
+      plot(args.out)
+    self.items = []
+
+
 def _metric_rows(workdir, stage):
   """The last metrics.jsonl row per step of `stage` (resumed steps appear again later)."""
   rows = {}
@@ -272,13 +308,16 @@ class Scorer:
             time.time() - start)
 
 
-def score_point(args, scorer, name, images, with_fid, extra):
+def score_point(args, scorer, base, name, images, extra, queue, priority, with_fid):
+  """Writes the point with its proxy FD (and an FID it already has); queues a wanted FID."""
   from tsvae import evaluate  # pylint: disable=g-import-not-at-top
-  images = evaluate.min_max_stretch(images)
-  record = dict(extra, point=name, proxy_fd=scorer.proxy_fd(images), fid=None, fid_seconds=None)
-  if with_fid and scorer.extractor is not None:
-    record['fid'], record['fid_seconds'] = scorer.fid(images)
-  return record
+  old = _read(args, name) or {}
+  record = dict(base, **extra, point=name,
+                proxy_fd=scorer.proxy_fd(evaluate.min_max_stretch(images)),
+                fid=old.get('fid'), fid_seconds=old.get('fid_seconds'))
+  _write(args, name, record)
+  if _needs_fid(args, name, with_fid):
+    queue.add(priority, name, images, record)
 
 
 # ------------------------------------------------------------------------------ phases
@@ -292,8 +331,8 @@ def run_stage1(args):
     subprocess.run(stage1_command(args), cwd=REPO_ROOT, check=True)
 
 
-def references(args, config, experiment, state1, codes, scorer, base):
-  """Stage-1 prior samples, ex-post GMM samples, reconstructions, the train-vs-test floor."""
+def references(args, config, experiment, state1, codes, scorer, base, queue):
+  """Stage-1 prior samples, ex-post GMM samples and reconstructions (the fixed references)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tsvae import evaluate  # pylint: disable=g-import-not-at-top
@@ -305,34 +344,38 @@ def references(args, config, experiment, state1, codes, scorer, base):
   rng = jax.random.fold_in(experiment.root_rng, 19)
   r1, rr = jax.random.split(rng)
   rows = _metric_rows(stage1_workdir(args), 'stage1')
-  stage1_info = {'stage1_step': int(state1.step), 'stage1_train_seconds': training_seconds(rows),
-                 'stage1_final_loss': rows[-1]['loss'] if rows else None}
+  info = {'stage1_step': int(state1.step), 'stage1_train_seconds': training_seconds(rows),
+          'stage1_final_loss': rows[-1]['loss'] if rows else None}
   grids = {}
   mu, sigma = codes
-  if not _exists(args, 'stage1'):
+
+  def wanted(name):
+    return not _exists(args, name) or _needs_fid(args, name, name in args.fid_sets)
+
+  if wanted('stage1'):
     active = diagnostics.active_dims(sigma, float(config.eval.active_dim_threshold))
-    info = dict(stage1_info, loggamma_x=evaluate._loggamma(experiment.model1, v1),  # pylint: disable=protected-access
-                active_dims=int(active['count']))
+    extra = dict(info, loggamma_x=evaluate._loggamma(experiment.model1, v1),  # pylint: disable=protected-access
+                 active_dims=int(active['count']))
     images = sampling.generate_stage1(experiment.model1, v1, r1, n,
                                       latent_dim=config.latent_dim, batch_size=batch)
     grids['stage1'] = images[:100]
-    _write(args, 'stage1', dict(base, **score_point(args, scorer, 'stage1', images,
-                                                    'stage1' in args.fid_sets, info)))
-  if not _exists(args, 'gmm'):
+    score_point(args, scorer, base, 'stage1', images, extra, queue, (0,),
+                'stage1' in args.fid_sets)
+  if wanted('gmm'):
     start = time.time()
     gmm = expost_gmm.fit(mu, int(config.eval.expost_gmm_components), seed=int(config.eval.seed))
     fit_s = time.time() - start
     images = expost_gmm.generate(lambda z: np.asarray(evaluate._decode(experiment.model1, v1, z)),  # pylint: disable=protected-access
                                  gmm, n, int(config.eval.seed), batch_size=min(batch, n))
     grids['gmm'] = images[:100]
-    _write(args, 'gmm', dict(base, **score_point(
-        args, scorer, 'gmm', images, 'gmm' in args.fid_sets,
-        dict(stage1_info, gmm=gmm.summary(), gmm_fit_seconds=fit_s))))
-  if not _exists(args, 'recon'):
+    score_point(args, scorer, base, 'gmm', images,
+                dict(info, gmm=gmm.summary(), gmm_fit_seconds=fit_s), queue, (2,),
+                'gmm' in args.fid_sets)
+  if wanted('recon'):
     test_float = scorer.test_uint8.astype(np.float32) / 255.0
     images = sampling.reconstruct(experiment.model1, v1, test_float, rr, batch_size=batch)
-    _write(args, 'recon', dict(base, **score_point(args, scorer, 'recon', images,
-                                                   'recon' in args.fid_sets, stage1_info)))
+    score_point(args, scorer, base, 'recon', images, info, queue, (4,),
+                'recon' in args.fid_sets)
   return grids
 
 
@@ -345,12 +388,8 @@ def floor(args, scorer, base):
 
 
 def stage2_recipe(args, config, state1, experiment1, codes, scorer, base, recipe, milestones,
-                  deferred):
-  """Trains stage 2 of `recipe` to each milestone and scores it there.
-
-  FIDs at the second and later --fid_noise_scales are appended to `deferred` as (name, images,
-  record) for `score_deferred`.
-  """
+                  queue):
+  """Trains stage 2 of `recipe` to each milestone, scores it there and queues its FIDs."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tsvae import config_lib  # pylint: disable=g-import-not-at-top
@@ -362,11 +401,22 @@ def stage2_recipe(args, config, state1, experiment1, codes, scorer, base, recipe
   with workdir_lock.hold(os.path.join(args.root, f'{args.dataset}_s2_{recipe}'),
                          'benchmarks/stage2_study.py'):
     return _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base, recipe,
-                                 milestones, deferred)
+                                 milestones, queue)
+
+
+def _fid_priority(args, recipe, epochs, scale, last):
+  """Queue order: the first recipe's last milestone at the first scale right after stage 1."""
+  order = list(args.schedule).index(recipe)
+  first_scale = scale == args.fid_noise_scales[0]
+  if last and first_scale:
+    return (1, 0) if order == 0 else (3, order)
+  if last:
+    return (5, order, args.fid_noise_scales.index(scale))
+  return (6, order, epochs, scale)
 
 
 def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base, recipe,
-                          milestones, deferred):
+                          milestones, queue):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tsvae import config_lib  # pylint: disable=g-import-not-at-top
@@ -397,7 +447,10 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
   grids = {}
   for m in milestones:
     names = {s: f'stage2_{recipe}_e{m}_noise{s:g}' for s in (1.0, 0.0)}
-    if all(_exists(args, name) for name in names.values()):
+    fid_here = {s: (args.fid_points == 'all' or m == milestones[-1])
+                and s in args.fid_noise_scales for s in names}
+    if all(_exists(args, name) and not _needs_fid(args, name, fid_here[s])
+           for s, name in names.items()):
       continue
     state2 = train.train_stage(spec, target_steps=m * spec.steps_per_epoch,
                                **experiment._train_kwargs())  # pylint: disable=protected-access
@@ -415,26 +468,14 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
             'loss': last[-1]['loss'] if last else None,
             'kl': last[-1].get('kl') if last else None}
     info['gamma_z'] = float(np.exp(info['loggamma_z']))
-    with_fid = args.fid_points == 'all' or m == milestones[-1]
     for scale, name in names.items():
       images = sampling.generate_stage2(experiment.model1, v1, experiment.model2, v2, r2, n,
                                         batch_size=batch, noise_scale=scale)
       grids[name] = images[:100]
-      now = with_fid and args.fid_noise_scales[:1] == (scale,)
-      record = dict(base, **score_point(args, scorer, name, images, now,
-                                        dict(info, noise_scale=scale)))
-      _write(args, name, record)
-      if with_fid and scale in args.fid_noise_scales[1:] and scorer.extractor is not None:
-        deferred.append((name, images, record))
+      priority = _fid_priority(args, recipe, m, scale, m == milestones[-1])
+      score_point(args, scorer, base, name, images, dict(info, noise_scale=scale), queue,
+                  priority, fid_here[scale])
   return grids
-
-
-def score_deferred(args, scorer, deferred):
-  """The FIDs `stage2_recipe` left for after every recipe had trained."""
-  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
-  for name, images, record in deferred:
-    record['fid'], record['fid_seconds'] = scorer.fid(evaluate.min_max_stretch(images))
-    _write(args, name, record)
 
 
 # ------------------------------------------------------------------------------ plot
@@ -574,15 +615,15 @@ def main(argv=None):
     base = dict(_record_base(args, config), stage1_command=' '.join(stage1_command(args)[1:]))
     scorer = Scorer(args, config, experiment)
     codes = experiment.encode_split(state1, 'train')  # (μ_z, σ_z) of the training set.
-    grids = references(args, config, experiment, state1, codes, scorer, base)
+    queue = FidQueue()
+    grids = references(args, config, experiment, state1, codes, scorer, base, queue)
     save_grids(args.out, grids)
-    deferred = []
     for recipe, milestones in args.schedule.items():
       grids = stage2_recipe(args, config, state1, experiment, codes, scorer, base, recipe,
-                            milestones, deferred)
+                            milestones, queue)
       save_grids(args.out, grids)
       plot(args.out)
-    score_deferred(args, scorer, deferred)
+    queue.run(args, scorer)
     floor(args, scorer, base)
   plot(args.out)
 

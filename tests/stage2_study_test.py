@@ -79,25 +79,45 @@ def test_bad_schedule_fails_before_any_work(tmp_path, schedule, match):
   assert not os.listdir(tmp_path)
 
 
-def test_deferred_fids_are_written_into_their_points(tmp_path):
-  """The noise-0 FIDs come after every recipe trained, into the points already written."""
+def test_fid_queue_scores_most_telling_first_into_the_written_points(tmp_path):
+  """FIDs come after all training, in priority order, into the points already written."""
 
-  class CountingScorer:
-    calls = 0
+  class RecordingScorer:
+    order = []
 
     def fid(self, images):
-      CountingScorer.calls += 1
+      RecordingScorer.order.append(float(images[0, 0, 0, 0]))
       return float(images.mean()), 0.5
 
-  args = stage2_study.parse_args(['--out', str(tmp_path), '--no_fid'])
-  record = {'benchmark': 'stage2_study', 'point': 'p', 'fid': None, 'proxy_fd': 3.0}
-  stage2_study._write(args, 'p', record)
-  images = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 2, 2, 1)
-  stage2_study.score_deferred(args, CountingScorer(), [('p', images, record)])
-  point = stage2_study.load_points(str(tmp_path))[0]
-  assert CountingScorer.calls == 1
-  assert point['fid'] == 0.5 and point['fid_seconds'] == 0.5  # Min-max stretched: mean 0.5.
-  assert point['proxy_fd'] == 3.0
+  args = stage2_study.parse_args(['--out', str(tmp_path), '--no_fid',
+                                  '--schedule=reference:1,2 high_lr:1'])
+  queue = stage2_study.FidQueue()
+  names = []
+  for i, (recipe, epochs, scale, last) in enumerate([
+      ('high_lr', 1, 0.0, True), ('reference', 2, 1.0, True), ('reference', 1, 1.0, False),
+      ('high_lr', 1, 1.0, True)]):
+    name = f'p{i}'
+    record = {'benchmark': 'stage2_study', 'point': name, 'fid': None, 'proxy_fd': 3.0}
+    stage2_study._write(args, name, record)
+    images = np.full((4, 2, 2, 1), float(i), np.float32)
+    images[1] += 1.0  # Min-max stretched per image: image 0 stays 0, image 1 becomes 0.
+    queue.add(stage2_study._fid_priority(args, recipe, epochs, scale, last), name, images,
+              record)
+    names.append(name)
+  queue.add((0,), 'stage1', np.zeros((2, 2, 2, 1), np.float32),
+            {'benchmark': 'stage2_study', 'point': 'stage1', 'fid': None, 'proxy_fd': 1.0})
+  queue.run(args, RecordingScorer())
+  assert len(RecordingScorer.order) == 5 and not queue.items
+  points = {p['point']: p for p in stage2_study.load_points(str(tmp_path))}
+  assert all(points[name]['fid'] == 0.0 and points[name]['fid_seconds'] == 0.5
+             for name in names + ['stage1'])
+  assert points['p0']['proxy_fd'] == 3.0
+  # stage 1, the first recipe's last milestone at noise 1, the other recipe's at noise 1, the
+  # noise-0 point, then intermediate milestones.
+  priorities = sorted(stage2_study._fid_priority(args, r, e, s, l) for r, e, s, l in [
+      ('high_lr', 1, 0.0, True), ('reference', 2, 1.0, True), ('reference', 1, 1.0, False),
+      ('high_lr', 1, 1.0, True)])
+  assert priorities == [(1, 0), (3, 1), (5, 1, 1), (6, 0, 1, 1.0)]
 
 
 def test_unknown_fid_set_is_refused(tmp_path):
