@@ -601,6 +601,8 @@ def main(argv=None):
     return
   # Inception features shard over two host devices (~1.26x here); training uses the first.
   os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)  # tsvae's progress lines (training, FID) on stderr.
   run_stage1(args)
   import jax  # pylint: disable=g-import-not-at-top
   from tsvae import two_stage  # pylint: disable=g-import-not-at-top
