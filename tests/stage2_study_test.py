@@ -15,6 +15,7 @@ from testdata import write_mnist_dir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+import stage2_residuals  # pylint: disable=g-import-not-at-top,wrong-import-position
 import stage2_study  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = ['latent_dim=8', 'batch_size=8', 'stage1.max_steps=6', 'stage2.depth=1',
@@ -66,6 +67,16 @@ def test_study_records_every_point_then_resumes_without_retraining(tmp_path):
   assert min(r['step'] for r in rows[rows_before:]) > 10  # Only steps after epoch 2 trained.
   assert _points(tmp_path)['stage2_reference_e3_noise1']['stage2_step'] == 15
   assert (tmp_path / 'out' / 'stage1.json').read_text() == stage1_before
+
+  # The residual diagnostic reads the same workdirs.
+  res = tmp_path / 'res.json'
+  stage2_residuals.main([f'--root={tmp_path / "root"}', '--recipe=reference', '--epochs=3',
+                         f'--manual_dir={tmp_path / "mnist"}', '--stage1_epochs=1', '--num=12',
+                         f'--out={res}'] + [f'--override={o}' for o in TINY])
+  record = json.loads(res.read_text())
+  assert record['stage2_epochs'] == 3 and len(record['residual_per_dim']) == 8
+  assert record['gamma_z_learned'] == pytest.approx(
+      _points(tmp_path)['stage2_reference_e3_noise1']['gamma_z'], rel=1e-5)
 
 
 @pytest.mark.parametrize('schedule, match', [
