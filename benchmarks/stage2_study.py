@@ -491,6 +491,11 @@ def load_points(out):
   return points
 
 
+def _color(recipe):
+  """One colour per recipe in every panel (stage 1 / GMM / reconstructions use named ones)."""
+  return ('tab:blue', 'tab:orange', 'tab:purple')[list(RECIPES).index(recipe) % 3]
+
+
 def plot(out):
   """FID (proxy FD where no FID) against stage-2 epochs and wall time; γ_z against epochs."""
   from tsvae.evaluation import diagnostics  # pylint: disable=g-import-not-at-top
@@ -507,7 +512,8 @@ def plot(out):
                      if p['recipe'] == recipe and p['noise_scale'] == scale
                      and p.get(metric) is not None)
         if pts:
-          ax.plot(*zip(*pts), style, label=f'stage 2, {recipe}, noise {scale:g}')
+          ax.plot(*zip(*pts), style, color=_color(recipe),
+                  label=f'stage 2, {recipe}, noise {scale:g}')
     for name, color in (('stage1', 'red'), ('gmm', 'green'), ('recon', 'gray'),
                         ('train', 'black')):
       if name in fixed and fixed[name].get(metric) is not None:
@@ -521,8 +527,8 @@ def plot(out):
     ax.legend(fontsize=7)
   ax = axes[2]  # What each recipe buys per minute of stage-2 training.
   twin = ax.twinx()
-  for i, recipe in enumerate(sorted({p['recipe'] for p in series})):
-    color = f'C{i}'
+  for recipe in sorted({p['recipe'] for p in series}):
+    color = _color(recipe)
     at_one = [p for p in series if p['recipe'] == recipe and p['noise_scale'] == 1.0]
     fids = sorted((p['stage2_train_seconds'] / 60, p['fid']) for p in at_one
                   if p.get('fid') is not None)
@@ -534,13 +540,14 @@ def plot(out):
   ax.set_xlabel('stage-2 training time (min, this CPU)')
   ax.set_ylabel('FID, noise 1 (solid)')
   twin.set_ylabel('proxy FD, noise 1 (dotted)')
-  ax.legend(fontsize=7, loc='upper right')
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7, loc='upper right')
   twin.legend(fontsize=7, loc='center right')
   ax = axes[3]
   for recipe in sorted({p['recipe'] for p in series}):
     pts = sorted({(p['stage2_epochs'], p['gamma_z']) for p in series if p['recipe'] == recipe})
     if pts:
-      ax.plot(*zip(*pts), '-o', label=recipe)
+      ax.plot(*zip(*pts), '-o', color=_color(recipe), label=recipe)
   ax.set_xscale('log')
   ax.set_yscale('log')
   ax.set_xlabel('stage-2 epochs')
@@ -548,6 +555,7 @@ def plot(out):
   ax.legend(fontsize=7)
   fig.tight_layout()
   path = os.path.join(out, 'stage2_study.png')
+  os.makedirs(out, exist_ok=True)
   fig.savefig(path, dpi=90)
   print(f'wrote {path}')
   return path
