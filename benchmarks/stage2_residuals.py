@@ -9,7 +9,9 @@ stage-1 latents), draws z ~ q(z|x) for --num codes of the training set, passes t
 stage 2 in inference mode (z → μ_u → ẑ), and reports the mean squared residual (z − ẑ)² of the
 stage-1 active dims (mean σ_z² < the evaluation's threshold) and of the inactive ones, the
 single γ_z that would best explain it (√ of the mean over all dims, the optimum of the Gaussian
-likelihood with one shared γ), and the learned γ_z. An inactive dim of z is N(0, 1) noise: stage
+likelihood with one shared γ), and the learned γ_z; then the same with u drawn from q(u|z) as
+in training (`_sampled_u`: the residual the ELBO and so the learned γ_z see), and how many u
+dims have collapsed their posterior (mean σ_u² < 0.05). An inactive dim of z is N(0, 1) noise: stage
 2 can lower its residual only by carrying it through u, at a KL cost.
 """
 
@@ -69,9 +71,13 @@ def residuals(args):
   z = (mu[pick] + sigma[pick] * np.random.default_rng(1).standard_normal(mu[pick].shape)).astype(
       np.float32)
   v2 = sampling.variables_of(state2)
-  mu_u, _ = evaluate._encode_chunks(experiment.model2, v2, z, 500)  # pylint: disable=protected-access
+  mu_u, sigma_u = evaluate._encode_chunks(experiment.model2, v2, z, 500)  # pylint: disable=protected-access
   z_hat = np.asarray(evaluate._decode(experiment.model2, v2, mu_u))  # pylint: disable=protected-access
   per_dim = np.mean(np.square(z - z_hat), axis=0)
+  # What the ELBO sees: u drawn from q(u|z), as in training (the learned γ_z tracks this one).
+  u = (mu_u + sigma_u * np.random.default_rng(2).standard_normal(mu_u.shape)).astype(np.float32)
+  z_sampled = np.asarray(evaluate._decode(experiment.model2, v2, u))  # pylint: disable=protected-access
+  per_dim_sampled = np.mean(np.square(z - z_sampled), axis=0)
   active = diagnostics.active_dims(sigma, float(config.eval.active_dim_threshold))['active']
   inactive = np.setdiff1d(np.arange(mu.shape[1]), active)
   loggamma_z = evaluate._loggamma(experiment.model2, v2)  # pylint: disable=protected-access
@@ -86,6 +92,13 @@ def residuals(args):
       'gamma_z_best_shared': float(np.sqrt(per_dim.mean())),
       'gamma_z_best_active_only': float(np.sqrt(per_dim[active].mean())) if len(active) else None,
       'gamma_z_learned': float(np.exp(loggamma_z)),
+      'residual_sampled_u_active_mean': (float(per_dim_sampled[active].mean()) if len(active)
+                                         else None),
+      'residual_sampled_u_inactive_mean': (float(per_dim_sampled[inactive].mean())
+                                           if len(inactive) else None),
+      'gamma_z_best_shared_sampled_u': float(np.sqrt(per_dim_sampled.mean())),
+      'sigma_u_mean': float(sigma_u.mean()),
+      'num_u_dims_sigma_below_0.05': int(np.sum(np.mean(np.square(sigma_u), axis=0) < 0.05)),
       'residual_per_dim': [float(v) for v in per_dim],
       'active_dim_indices': [int(i) for i in active],
       'commit': stage2_study._record_base(study, config)['commit'],  # pylint: disable=protected-access
