@@ -584,7 +584,7 @@ def table(out) -> str:
     lines.append(
         f'| stage 2, {p["recipe"]}, noise {p["noise_scale"]:g} | {p["stage2_epochs"]} | '
         f'{p["stage2_train_seconds"] / 60:.1f} | {_fmt(p.get("fid"))} | {_fmt(p["proxy_fd"])} | '
-        f'{p["gamma_z"]:.3f} | {_fmt(p["mmd_u"], ".4f")} |')
+        f'{p["gamma_z"]:.3f} | {_fmt(p["mmd_u"], ".1e")} |')
   return '\n'.join(lines)
 
 
