@@ -390,13 +390,6 @@ def floor(args, scorer, base):
 def stage2_recipe(args, config, state1, experiment1, codes, scorer, base, recipe, milestones,
                   queue):
   """Trains stage 2 of `recipe` to each milestone, scores it there and queues its FIDs."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from tsvae import config_lib  # pylint: disable=g-import-not-at-top
-  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
-  from tsvae import sampling  # pylint: disable=g-import-not-at-top
-  from tsvae import train  # pylint: disable=g-import-not-at-top
-  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
   from tsvae import workdir_lock  # pylint: disable=g-import-not-at-top
   with workdir_lock.hold(os.path.join(args.root, f'{args.dataset}_s2_{recipe}'),
                          'benchmarks/stage2_study.py'):
