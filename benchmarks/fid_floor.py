@@ -36,10 +36,10 @@ logging.set_verbosity(logging.INFO)  # The extractor's progress lines.
 import step_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tsvae.evaluation import fid  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tsvae.evaluation import frechet  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tsvae.evaluation import inception  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tsvae.evaluation import inception_weights  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tsvae.metrics import fid  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tsvae.metrics import frechet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tsvae.metrics import inception  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tsvae.metrics import inception_weights  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def parse_args(argv=None):

@@ -51,7 +51,7 @@ def _rate(fn, images, batch_size, batches):
 
 
 def tsvae_runners(variables, batch_size):
-  from tsvae.evaluation import inception  # pylint: disable=g-import-not-at-top
+  from tsvae.metrics import inception  # pylint: disable=g-import-not-at-top
   out = {}
   for dtype in ('float32', 'bfloat16'):
     extractor = inception.FeatureExtractor(variables, batch_size, compute_dtype=dtype)
@@ -85,7 +85,7 @@ def main(argv=None):
                                f'device_count={args.host_devices}').strip()
   from tsvae import evaluate  # pylint: disable=g-import-not-at-top
   from tsvae import hostmem  # pylint: disable=g-import-not-at-top
-  from tsvae.evaluation import inception_weights  # pylint: disable=g-import-not-at-top
+  from tsvae.metrics import inception_weights  # pylint: disable=g-import-not-at-top
   hostmem.tune_malloc_for_training()
   weights, reason = inception_weights.find('', evaluate.default_cache_dir(),
                                            allow_download=True)

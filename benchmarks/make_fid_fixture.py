@@ -30,7 +30,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
 from tsvae import evaluate  # pylint: disable=wrong-import-position
-from tsvae.evaluation import inception_weights  # pylint: disable=wrong-import-position
+from tsvae.metrics import inception_weights  # pylint: disable=wrong-import-position
 
 OUT = os.path.join(_REPO, 'tests', 'data', 'fid_reference_features.npz')
 NUM_PER_DATASET = 4

@@ -29,7 +29,7 @@ _MALLOC = hostmem.tune_malloc_for_training()
 
 from tsvae import fileio  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tsvae.evaluation import classifier  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tsvae.metrics import classifier  # pylint: disable=g-import-not-at-top,wrong-import-position
 import step_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position  (git_commit; this folder is on sys.path)
 
 flags.DEFINE_string('dataset', 'mnist', 'mnist | fashion_mnist | cifar10')

@@ -141,7 +141,7 @@ def _jitted_recon():
 def vae_reconstruct(model, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
   """x̂ = decoder mean at the encoder mean μ_z(x), inference mode (one compiled batch shape)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from tsvae.evaluation import diagnostics  # pylint: disable=g-import-not-at-top
+  from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
   recon = _jitted_recon()
   return diagnostics.map_padded(lambda x: jax.device_get(recon(model, variables, x)), images,
                                 batch_size)

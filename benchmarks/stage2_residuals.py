@@ -49,7 +49,7 @@ def residuals(args):
   from tsvae import sampling  # pylint: disable=g-import-not-at-top
   from tsvae import train  # pylint: disable=g-import-not-at-top
   from tsvae import two_stage  # pylint: disable=g-import-not-at-top
-  from tsvae.evaluation import diagnostics  # pylint: disable=g-import-not-at-top
+  from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
   study = stage2_study.parse_args([f'--root={args.root}', f'--dataset={args.dataset}',
                                    f'--manual_dir={args.manual_dir}',
                                    f'--stage1_epochs={args.stage1_epochs}', '--out=unused'] +

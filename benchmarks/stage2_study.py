@@ -254,11 +254,11 @@ class Scorer:
   def __init__(self, args, config, experiment):
     import numpy as np  # pylint: disable=g-import-not-at-top
     from tsvae import evaluate  # pylint: disable=g-import-not-at-top
-    from tsvae.evaluation import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
-    from tsvae.evaluation import fid as fid_lib  # pylint: disable=g-import-not-at-top
-    from tsvae.evaluation import frechet  # pylint: disable=g-import-not-at-top
-    from tsvae.evaluation import inception  # pylint: disable=g-import-not-at-top
-    from tsvae.evaluation import inception_weights  # pylint: disable=g-import-not-at-top
+    from tsvae.metrics import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
+    from tsvae.metrics import fid as fid_lib  # pylint: disable=g-import-not-at-top
+    from tsvae.metrics import frechet  # pylint: disable=g-import-not-at-top
+    from tsvae.metrics import inception  # pylint: disable=g-import-not-at-top
+    from tsvae.metrics import inception_weights  # pylint: disable=g-import-not-at-top
     e = config.eval
     self.frechet = frechet
     self.cache_dir = e.cache_dir or evaluate.default_cache_dir()
@@ -337,8 +337,8 @@ def references(args, config, experiment, state1, codes, scorer, base, queue):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tsvae import evaluate  # pylint: disable=g-import-not-at-top
   from tsvae import sampling  # pylint: disable=g-import-not-at-top
-  from tsvae.evaluation import diagnostics  # pylint: disable=g-import-not-at-top
-  from tsvae.evaluation import expost_gmm  # pylint: disable=g-import-not-at-top
+  from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
+  from tsvae.metrics import expost_gmm  # pylint: disable=g-import-not-at-top
   v1 = sampling.variables_of(state1)
   n, batch = args.num_samples, int(config.eval.batch_size)
   rng = jax.random.fold_in(experiment.root_rng, 19)
@@ -417,7 +417,7 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
   from tsvae import sampling  # pylint: disable=g-import-not-at-top
   from tsvae import train  # pylint: disable=g-import-not-at-top
   from tsvae import two_stage  # pylint: disable=g-import-not-at-top
-  from tsvae.evaluation import diagnostics  # pylint: disable=g-import-not-at-top
+  from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   overrides = dict(RECIPES[recipe], **{'stage2.enabled': True,
                                        'stage2.num_epochs': milestones[-1]})
@@ -491,7 +491,7 @@ def _color(recipe):
 
 def plot(out):
   """FID (proxy FD where no FID) against stage-2 epochs and wall time; γ_z against epochs."""
-  from tsvae.evaluation import diagnostics  # pylint: disable=g-import-not-at-top
+  from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
   plt = diagnostics._pyplot()  # pylint: disable=protected-access
   points = load_points(out)
   fixed = {p['point']: p for p in points if 'recipe' not in p}

@@ -20,12 +20,12 @@ from tsvae import checkpointing
 from tsvae import config_lib
 from tsvae import evaluate
 from tsvae import input_pipeline
-from tsvae.evaluation import classifier as classifier_lib
-from tsvae.evaluation import diagnostics
-from tsvae.evaluation import frechet
-from tsvae.evaluation import inception
-from tsvae.evaluation import inception_weights
-from tsvae.evaluation import torch_pickle
+from tsvae.metrics import classifier as classifier_lib
+from tsvae.metrics import diagnostics
+from tsvae.metrics import frechet
+from tsvae.metrics import inception
+from tsvae.metrics import inception_weights
+from tsvae.metrics import torch_pickle
 
 # ------------------------------------------------------------------ a torch.save writer by hand
 # PyTorch is not installed: these write the bytes torch.save writes, opcode by opcode, so the

@@ -1,4 +1,4 @@
-"""The ex-post GMM (tsvae.evaluation.expost_gmm) and the evaluation of single-stage runs and of
+"""The ex-post GMM (tsvae.metrics.expost_gmm) and the evaluation of single-stage runs and of
 deterministic encoders (σ_z = 0)."""
 
 import json
@@ -13,7 +13,7 @@ from evaluation_test import check_null_reasons
 from testdata import tiny_config
 from tsvae import evaluate
 from tsvae import two_stage
-from tsvae.evaluation import expost_gmm
+from tsvae.metrics import expost_gmm
 
 # --------------------------------------------------------------------------------- the GMM
 

@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 
 from tsvae import evaluate
-from tsvae.evaluation import fid
-from tsvae.evaluation import frechet
-from tsvae.evaluation import inception
-from tsvae.evaluation import inception_weights
+from tsvae.metrics import fid
+from tsvae.metrics import frechet
+from tsvae.metrics import inception
+from tsvae.metrics import inception_weights
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'data', 'fid_reference_features.npz')
 

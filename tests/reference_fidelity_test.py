@@ -35,7 +35,7 @@ from tsvae import sampling
 from tsvae import two_stage
 from tsvae.datasets import local_builders
 from tsvae.datasets import online_builders
-from tsvae.evaluation import classifier
+from tsvae.metrics import classifier
 from tsvae.models import layers
 
 

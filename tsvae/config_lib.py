@@ -24,7 +24,7 @@ from tsvae import input_pipeline
 from tsvae import losses
 from tsvae import models
 from tsvae import train
-from tsvae.evaluation import inception
+from tsvae.metrics import inception
 
 CONFIG_FILENAME = 'config.json'
 

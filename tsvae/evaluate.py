@@ -8,7 +8,7 @@ latent_sweep.png, latent_sweep_images.png and samples_gmm.png under <workdir>/ev
 runs the same evaluation at the end of a run when config.eval.enabled.
 
 Besides the stage-2, stage-1 (prior) and reconstruction sets it scores the ex-post GMM ablation
-(`tsvae.evaluation.expost_gmm`: a GMM fitted to the stage-1 μ_z, decoded). A single-stage run
+(`tsvae.metrics.expost_gmm`: a GMM fitted to the stage-1 μ_z, decoded). A single-stage run
 (config.stage2.enabled=False) is evaluated too: every stage-2 metric is null, and each null
 metric has its reason in `null_reasons`.
 
@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tsvae import checkpointing
+from tsvae import cli
 from tsvae import config_lib
 from tsvae import faults
 from tsvae import fileio
@@ -43,12 +44,12 @@ from tsvae import hostmem
 from tsvae import input_pipeline
 from tsvae import sampling
 from tsvae import workdir_lock
-from tsvae.evaluation import classifier as classifier_lib
-from tsvae.evaluation import diagnostics
-from tsvae.evaluation import expost_gmm
-from tsvae.evaluation import fid as fid_lib
-from tsvae.evaluation import frechet
-from tsvae.evaluation import inception_weights
+from tsvae.metrics import classifier as classifier_lib
+from tsvae.metrics import diagnostics
+from tsvae.metrics import expost_gmm
+from tsvae.metrics import fid as fid_lib
+from tsvae.metrics import frechet
+from tsvae.metrics import inception_weights
 from tsvae.models import vae as vae_lib
 
 EVAL_DIR = 'eval'
@@ -541,7 +542,7 @@ def main(argv):
     evaluate_from_flags(flags.FLAGS)
   except (config_lib.ConfigError, input_pipeline.DataError,
           checkpointing.CheckpointError, inception_weights.WeightsError) as err:
-    train.fail(f'tsvae.evaluate: {err}', 2)
+    cli.fail(f'tsvae.evaluate: {err}', 2)
 
 
 if __name__ == '__main__':

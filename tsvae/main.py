@@ -23,6 +23,7 @@ import jax
 from ml_collections import config_flags
 
 from tsvae import checkpointing
+from tsvae import cli
 from tsvae import config_lib
 from tsvae import input_pipeline
 from tsvae import metric_logging
@@ -64,9 +65,9 @@ def main(argv):
     two_stage.run(FLAGS.config, FLAGS.workdir)
   except (config_lib.ConfigError, input_pipeline.DataError,
           checkpointing.CheckpointError) as e:
-    train.fail(f'tsvae: {e}', BAD_INPUT_EXIT_CODE)
+    cli.fail(f'tsvae: {e}', BAD_INPUT_EXIT_CODE)
   except train.NonFiniteError as e:
-    train.fail(f'tsvae: {e}', NON_FINITE_EXIT_CODE)
+    cli.fail(f'tsvae: {e}', NON_FINITE_EXIT_CODE)
   except train.Preempted as e:
     logging.warning(e.message)
     print(f'tsvae: {e.message}', file=sys.stderr)

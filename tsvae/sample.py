@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from tsvae import checkpointing
+from tsvae import cli
 from tsvae import config_lib
 from tsvae import evaluate
 from tsvae import images
@@ -114,7 +115,7 @@ def main(argv):
       print(write_noise_scales(experiment, state1, state2, scales, out_dir))
   except (config_lib.ConfigError, input_pipeline.DataError,
           checkpointing.CheckpointError) as err:
-    train.fail(f'tsvae.sample: {err}', 2)
+    cli.fail(f'tsvae.sample: {err}', 2)
 
 
 flags.DEFINE_string('output_dir', '', 'Where to write the grids (default <workdir>/samples). '

@@ -19,7 +19,6 @@ resumed runs replay exactly the noise of an uninterrupted one.
 import dataclasses
 import itertools
 import signal
-import sys
 import time
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
@@ -617,9 +616,3 @@ class EtaProbe:
                  'ETA %s for this stage.', self.stage, self.num_steps - step, timed,
                  self.steps_per_sec, self.steps_per_sec * self.examples_per_batch,
                  metric_logging.format_duration(remaining))
-
-
-def fail(message: str, code: int = 1):
-  logging.error(message)
-  print(message, file=sys.stderr)
-  sys.exit(code)

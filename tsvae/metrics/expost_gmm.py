@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from tsvae.evaluation import diagnostics
+from tsvae.metrics import diagnostics
 
 DEFAULT_COMPONENTS = 10
 COVARIANCE_TYPE = 'full'

@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from tsvae.evaluation import diagnostics
+from tsvae.metrics import diagnostics
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048

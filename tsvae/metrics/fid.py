@@ -17,9 +17,9 @@ from absl import logging
 import numpy as np
 
 from tsvae import fileio
-from tsvae.evaluation import frechet
-from tsvae.evaluation import inception
-from tsvae.evaluation import inception_weights
+from tsvae.metrics import frechet
+from tsvae.metrics import inception
+from tsvae.metrics import inception_weights
 
 
 @dataclasses.dataclass(frozen=True)

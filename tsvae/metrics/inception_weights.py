@@ -30,8 +30,8 @@ from typing import Any, BinaryIO, Callable, Dict, Optional, Sequence, Tuple
 from absl import logging
 
 from tsvae import fileio
-from tsvae.evaluation import inception
-from tsvae.evaluation import torch_pickle
+from tsvae.metrics import inception
+from tsvae.metrics import torch_pickle
 
 
 @dataclasses.dataclass(frozen=True)

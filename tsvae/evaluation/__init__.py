@@ -1,1 +1,0 @@
-"""Evaluation: FID, the proxy classifier distance and the paper diagnostics."""
