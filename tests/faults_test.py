@@ -67,7 +67,7 @@ def _run(workdir, data_dirs, fault=None):
 
 
 def _last_rows(workdir):
-  """metrics.jsonl as the README reads it: the last row per (stage, step), by attempt."""
+  """metrics.jsonl as failures-and-resuming.md reads it: last row per (stage, step), by attempt."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = sorted(map(json.loads, f), key=lambda r: r['attempt'])
   return {(r['stage'], r['step']): r for r in rows}

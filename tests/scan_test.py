@@ -151,7 +151,7 @@ def test_call_lengths_stop_at_boundaries():
 
 
 def _rows(workdir):
-  """metrics.jsonl as the README reads it: the last row per (stage, step), without timings."""
+  """metrics.jsonl as failures-and-resuming.md reads it: last row per (stage, step), no timings."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = sorted(map(json.loads, f), key=lambda r: r['attempt'])
   timing = ('attempt', 'steps_per_sec', 'examples_per_sec', 'time', 'wall_time')
