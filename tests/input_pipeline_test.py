@@ -610,12 +610,13 @@ def test_outlier_config_keys_validated_and_implicit(tmp_path):
   from testdata import tiny_config  # pylint: disable=g-import-not-at-top
   from tsvae import config_lib  # pylint: disable=g-import-not-at-top
   from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae import validation  # pylint: disable=g-import-not-at-top
   for key, value, match in (('data.outlier_fraction', 1.5, r'outlier_fraction.*\[0, 1\]'),
                             ('data.outlier_fraction', -0.1, r'outlier_fraction.*\[0, 1\]'),
                             ('data.outlier_seed', -1, 'outlier_seed'),
                             ('eval.expost_gmm_components', -1, 'expost_gmm_components')):
     with pytest.raises(config_lib.ConfigError, match=match):
-      config_lib.validate(tiny_config(**{key.replace('.', '__'): value}), num_devices=1)
+      validation.validate_config(tiny_config(**{key.replace('.', '__'): value}), num_devices=1)
   # A workdir recorded before the keys existed is the clean-data experiment.
   config_lib.record_config(tiny_config(), str(tmp_path))
   path = tmp_path / config_lib.CONFIG_FILENAME

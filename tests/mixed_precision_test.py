@@ -18,6 +18,7 @@ from tsvae import losses
 from tsvae import models
 from tsvae import train
 from tsvae import two_stage
+from tsvae import validation
 
 BATCH = 2
 LATENT = 8
@@ -179,7 +180,7 @@ def test_bad_compute_dtype_rejected_before_compute(tmp_path, stage, value):
 def test_suggestion_and_fingerprint():
   config = tiny_config(stage1__compute_dtype='bf16')
   with pytest.raises(config_lib.ConfigError, match="Did you mean 'bfloat16'"):
-    config_lib.validate(config, num_devices=1)
+    validation.validate_config(config, num_devices=1)
   # float32, the implicit default, leaves existing workdirs' fingerprints unchanged.
   assert not any('compute_dtype' in k for k in config_lib.experiment_keys(tiny_config()))
   keys = config_lib.experiment_keys(tiny_config(stage2__compute_dtype='bfloat16'))

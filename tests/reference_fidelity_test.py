@@ -33,6 +33,7 @@ from tsvae import models
 from tsvae import sample
 from tsvae import sampling
 from tsvae import two_stage
+from tsvae import validation
 from tsvae.datasets import local_builders
 from tsvae.datasets import online_builders
 from tsvae.metrics import classifier
@@ -268,7 +269,7 @@ def test_celeba_wae_config_uses_the_authors_crop_and_keeps_the_wae_crop_as_an_op
   assert (config.dataset, config.arch) == ('celeba', 'wae')
   assert input_pipeline.CELEBA_CROPS[config.dataset] == (45, 173, 25, 153)  # 128 px.
   assert (config.stage1.num_epochs, config.stage1.lr_decay_epochs) == (70, 30)
-  config_lib.validate(config, num_devices=1)
+  validation.validate_config(config, num_devices=1)
   config.dataset = 'celeba140'  # The documented alternative: the WAE paper's 140-px crop.
-  config_lib.validate(config, num_devices=1)
+  validation.validate_config(config, num_devices=1)
   assert input_pipeline.CELEBA_CROPS['celeba140'] == (39, 179, 19, 159)

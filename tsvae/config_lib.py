@@ -1,7 +1,12 @@
-"""Config validation and the workdir's record of the config it was trained with.
+"""Config helpers, the generic config checks, and the workdir's record of the config it was
+trained with.
 
-Everything here runs before any compute: a bad config or a workdir that belongs to another
-experiment gives one `ConfigError` that says what to change, and nothing on disk is touched.
+This is the bottom layer of config handling: it imports no model, data or metric code. Each of
+those validates its own keys (`models.validate_config`, `input_pipeline.validate_config`,
+`metrics.fid.validate_config`) with the helpers and the `ConfigError` defined here, and
+`tsvae.validation.validate_config` runs every check. Everything runs before any compute: a bad
+config or a workdir that belongs to another experiment gives one `ConfigError` that says what to
+change, and nothing on disk is touched.
 
 Keys fall into two groups:
 - *run-control* keys (`RUN_CONTROL_KEYS`): epochs, step caps, logging / checkpoint cadence, data
@@ -20,13 +25,11 @@ from typing import Any, Dict, Iterable, Mapping, Tuple
 import ml_collections
 
 from tsvae import fileio
-from tsvae import input_pipeline
-from tsvae import losses
-from tsvae import models
-from tsvae import train
-from tsvae.metrics import inception
 
 CONFIG_FILENAME = 'config.json'
+STAGES = ('stage1', 'stage2')
+# config.nan_policy: what a step with a non-finite loss or gradient does (tsvae.train).
+NAN_POLICIES = ('error', 'skip')
 
 # Dotted keys (or prefixes ending in '.') that a resumed run may change.
 RUN_CONTROL_KEYS = (
@@ -121,13 +124,15 @@ def suggest(name: str, choices: Iterable[str]) -> str:
   return f' Did you mean {close[0]!r}?' if close else ''
 
 
-def _choice(value: str, choices: Tuple[str, ...], key: str):
+def check_choice(value: str, choices: Tuple[str, ...], key: str):
+  """ConfigError unless config.`key` (= `value`) is one of `choices`, with a suggestion."""
   if value not in choices:
     raise ConfigError(f'config.{key}={value!r} is not one of {list(choices)}.'
                       f'{suggest(value, choices)}')
 
 
-def _positive(config, keys: Iterable[str]):
+def check_positive(config, keys: Iterable[str]):
+  """ConfigError unless each dotted key of `config` is a positive number."""
   flat = flatten(config)
   for key in keys:
     value = flat[key]
@@ -136,53 +141,66 @@ def _positive(config, keys: Iterable[str]):
 
 
 def validate(config, *, num_devices: int, num_processes: int = 1):
-  """Checks a config for everything that can be known before compute; raises ConfigError."""
-  _choice(config.dataset, input_pipeline.DATASETS, 'dataset')
-  _choice(config.arch, models.STAGE1_ARCHS, 'arch')
-  _positive(config, [
+  """The generic checks (sizes, schedules, run control, sampling, the batch split); raises
+  ConfigError. The keys of the models, the data and the metrics are theirs to check:
+  `tsvae.validation.validate_config` runs every check."""
+  check_sizes(config)
+  for stage in STAGES:
+    check_schedule(config, stage)
+  check_nan_policy(config)
+  check_sampling(config)
+  check_steps_per_call(config)
+  check_batch_sizes(config, num_devices=num_devices, num_processes=num_processes)
+
+
+def check_sizes(config):
+  check_positive(config, [
       'latent_dim', 'batch_size', 'log_every_steps', 'checkpoint_every_steps',
       'keep_checkpoints', 'sampling.num_grid_images',
       'resnet.num_scale', 'resnet.block_per_scale', 'resnet.depth_per_block',
       'resnet.kernel_size', 'resnet.base_dim', 'resnet.fc_dim',
       'stage2.depth', 'stage2.width',
   ])
-  for stage in ('stage1', 'stage2'):
-    _positive(config, [f'{stage}.num_epochs', f'{stage}.learning_rate',
-                       f'{stage}.lr_decay_epochs', f'{stage}.lr_decay_factor',
-                       f'{stage}.beta'])
-    max_steps = config[stage].max_steps
-    if max_steps != -1 and max_steps <= 0:
-      raise ConfigError(f'config.{stage}.max_steps must be -1 (no cap) or positive, '
-                        f'got {max_steps}.')
-    _choice(config[stage].reconstruction_loss, losses.RECONSTRUCTION_LOSSES,
-            f'{stage}.reconstruction_loss')
-    _choice(config[stage].gamma_mode, models.GAMMA_MODES, f'{stage}.gamma_mode')
-    _choice(config[stage].get('compute_dtype', 'float32'), tuple(models.COMPUTE_DTYPES),
-            f'{stage}.compute_dtype')
-    _positive(config, [f'{stage}.gamma_value'])
-    momentum = config[stage].running_mse_momentum
-    if not 0.0 <= momentum < 1.0:
-      raise ConfigError(f'config.{stage}.running_mse_momentum must be in [0, 1), got '
-                        f'{momentum}.')
-  _choice(config.nan_policy, train.NAN_POLICIES, 'nan_policy')
-  if not isinstance(config.stage1.bn_zero_debias, bool):
-    raise ConfigError('config.stage1.bn_zero_debias must be True or False, got '
-                      f'{config.stage1.bn_zero_debias!r}.')
+
+
+def check_schedule(config, stage: str):
+  """config.`stage`'s epochs, learning-rate schedule, β and step cap."""
+  check_positive(config, [f'{stage}.num_epochs', f'{stage}.learning_rate',
+                          f'{stage}.lr_decay_epochs', f'{stage}.lr_decay_factor',
+                          f'{stage}.beta'])
+  max_steps = config[stage].max_steps
+  if max_steps != -1 and max_steps <= 0:
+    raise ConfigError(f'config.{stage}.max_steps must be -1 (no cap) or positive, '
+                      f'got {max_steps}.')
+
+
+def check_nan_policy(config):
+  check_choice(config.nan_policy, NAN_POLICIES, 'nan_policy')
+
+
+def check_sampling(config):
   noise_scale = config.sampling.stage2_noise_scale
   if (not isinstance(noise_scale, (int, float)) or isinstance(noise_scale, bool)
       or not math.isfinite(noise_scale) or noise_scale < 0):
     raise ConfigError('config.sampling.stage2_noise_scale multiplies the γ_z·ε noise of '
                       f'stage-2 samples and must be a finite number >= 0, got {noise_scale!r}.')
-  _check_outliers_and_gmm(config)
-  _check_steps_per_call(config)
-  _check_fid(config)
-  _check_stage1_model(config)
-  shape = input_pipeline.image_shape(config.dataset)
-  try:
-    models.check_image_shape(config.arch, shape)
-  except ValueError as e:
-    raise ConfigError(f'config.dataset={config.dataset!r} gives {shape[0]}x{shape[1]}x'
-                      f'{shape[2]} images: {e}') from None
+
+
+def check_steps_per_call(config):
+  steps = config.get('steps_per_call', 1)
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    raise ConfigError('config.steps_per_call is the number of train steps per jitted call and '
+                      f'must be a positive integer (1 = one step per call), got {steps!r}.')
+  budget = config.data.get('device_resident_max_mb', 0)
+  if (not isinstance(budget, (int, float)) or isinstance(budget, bool)
+      or not math.isfinite(budget) or budget < 0):
+    raise ConfigError('config.data.device_resident_max_mb is the largest training set (MiB) '
+                      'kept on the devices and must be a finite number >= 0 (0 = always feed '
+                      f'from the host), got {budget!r}.')
+
+
+def check_batch_sizes(config, *, num_devices: int, num_processes: int = 1):
+  """config.batch_size and config.stage2.batch_size split over the devices and processes."""
   _check_batch_size('batch_size', config.batch_size, num_devices, num_processes)
   stage2_batch = config.stage2.get('batch_size', 0)
   if not isinstance(stage2_batch, int) or isinstance(stage2_batch, bool) or stage2_batch < 0:
@@ -205,81 +223,6 @@ def _check_batch_size(key: str, value: int, num_devices: int, num_processes: int
   if value % num_processes:
     raise ConfigError(f'config.{key}={value} is not divisible by the '
                       f'{num_processes} processes.')
-
-
-def _check_outliers_and_gmm(config):
-  fraction = config.data.get('outlier_fraction', 0.0)
-  if (not isinstance(fraction, (int, float)) or isinstance(fraction, bool)
-      or not 0.0 <= fraction <= 1.0):
-    raise ConfigError('config.data.outlier_fraction is the share of each training image\'s '
-                      f'pixels replaced by noise and must be in [0, 1], got {fraction!r}.')
-  seed = config.data.get('outlier_seed', 0)
-  if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-    raise ConfigError(f'config.data.outlier_seed must be a non-negative integer, got {seed!r}.')
-  components = config.eval.get('expost_gmm_components', 0)
-  if not isinstance(components, int) or isinstance(components, bool) or components < 0:
-    raise ConfigError('config.eval.expost_gmm_components must be a non-negative integer '
-                      f'(0 = no ex-post GMM), got {components!r}.')
-
-
-def _check_steps_per_call(config):
-  steps = config.get('steps_per_call', 1)
-  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-    raise ConfigError('config.steps_per_call is the number of train steps per jitted call and '
-                      f'must be a positive integer (1 = one step per call), got {steps!r}.')
-  budget = config.data.get('device_resident_max_mb', 0)
-  if (not isinstance(budget, (int, float)) or isinstance(budget, bool)
-      or not math.isfinite(budget) or budget < 0):
-    raise ConfigError('config.data.device_resident_max_mb is the largest training set (MiB) '
-                      'kept on the devices and must be a finite number >= 0 (0 = always feed '
-                      f'from the host), got {budget!r}.')
-
-
-def _check_fid(config):
-  _choice(config.eval.get('fid_preprocess', 'tf_graph'), inception.PREPROCESSINGS,
-          'eval.fid_preprocess')
-  _choice(config.eval.get('inception_compute_dtype', 'float32'),
-          tuple(inception.COMPUTE_DTYPES), 'eval.inception_compute_dtype')
-  _positive(config, ['eval.inception_batch_size'])
-
-
-def _check_stage1_model(config):
-  """config.stage1.model, its hyper-parameters, and the keys that do not apply to it."""
-  s1 = config.stage1
-  _choice(s1.model, models.STAGE1_MODELS, 'stage1.model')
-  if not isinstance(config.stage2.enabled, bool):
-    raise ConfigError(f'config.stage2.enabled must be True or False, got '
-                      f'{config.stage2.enabled!r}.')
-  for key in ('stage1.flow.num_steps', 'stage1.flow.hidden'):
-    value = flatten(config)[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise ConfigError(f'config.{key} must be a positive integer, got {value!r}.')
-  _positive(config, ['stage1.wae.recon_scale'])
-  for key in ('stage1.wae.lambda_mmd', 'stage1.rae.z_weight', 'stage1.rae.decoder_l2'):
-    value = flatten(config)[key]
-    if (not isinstance(value, (int, float)) or isinstance(value, bool)
-        or not math.isfinite(value) or value < 0):
-      raise ConfigError(f'config.{key} must be a finite number >= 0, got {value!r}.')
-  if s1.model == 'vae_flow' and config.stage2.enabled:
-    raise ConfigError(
-        "config.stage1.model='vae_flow' needs config.stage2.enabled=False: its posterior "
-        'q(z|x) (a Gaussian pushed through an IAF) is not the Gaussian N(μ, σ²) whose '
-        '(μ, σ) stage 2 is trained on, so the extracted latents would be wrong.')
-  if s1.model == 'wae_mmd' and config.batch_size < 2:
-    raise ConfigError("config.stage1.model='wae_mmd' needs config.batch_size >= 2 (the MMD "
-                      f'compares pairs of codes), got {config.batch_size}.')
-  if s1.model in models.DETERMINISTIC_MODELS:
-    # The VAE-only keys would be silently ignored: refuse them instead.
-    defaults = {'reconstruction_loss': 'gaussian', 'beta': 1.0, 'gamma_mode': 'learned',
-                'gamma_value': 1.0, 'optimal_gamma_floor': _NO_FLOOR,
-                'loggamma_floor': _NO_FLOOR}
-    changed = [f'stage1.{k}={s1[k]!r}' for k, v in defaults.items() if s1[k] != v]
-    if changed:
-      raise ConfigError(
-          f'config.{", config.".join(changed)} has no effect with '
-          f"config.stage1.model={s1.model!r}: a deterministic autoencoder has no KL and no "
-          'decoder variance in its loss (γ is only reported, as ½ log of a running MSE). '
-          'Leave these keys at their defaults.')
 
 
 def check_workdir(config, workdir: str):

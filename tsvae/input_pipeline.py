@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tsvae import config_lib
 from tsvae import faults
 from tsvae import fileio
 from tsvae.datasets import LOCAL_BUILDERS
@@ -118,6 +119,30 @@ def check_dataset(dataset: str) -> str:
 def image_shape(dataset: str) -> Tuple[int, int, int]:
   """(H, W, C) of the model's input images for `dataset`."""
   return _IMAGE_SHAPES[check_dataset(dataset)]
+
+
+def validate_config(config):
+  """Checks the data's keys of `config` (config.dataset, config.data.outlier_*); raises
+  config_lib.ConfigError. (tsvae.validation runs these with every other check.)"""
+  validate_dataset_config(config)
+  validate_outlier_config(config)
+
+
+def validate_dataset_config(config):
+  config_lib.check_choice(config.dataset, DATASETS, 'dataset')
+
+
+def validate_outlier_config(config):
+  fraction = config.data.get('outlier_fraction', 0.0)
+  if (not isinstance(fraction, (int, float)) or isinstance(fraction, bool)
+      or not 0.0 <= fraction <= 1.0):
+    raise config_lib.ConfigError(
+        'config.data.outlier_fraction is the share of each training image\'s pixels replaced '
+        f'by noise and must be in [0, 1], got {fraction!r}.')
+  seed = config.data.get('outlier_seed', 0)
+  if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    raise config_lib.ConfigError(
+        f'config.data.outlier_seed must be a non-negative integer, got {seed!r}.')
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,13 +32,14 @@ import numpy as np
 import optax
 
 from tsvae import checkpointing
+from tsvae import config_lib
 from tsvae import faults
 from tsvae import losses
 from tsvae import metric_logging
 
 # Exit status of a run stopped by SIGTERM after saving its checkpoint (EX_TEMPFAIL: rerun it).
 PREEMPTED_EXIT_CODE = 75
-NAN_POLICIES = ('error', 'skip')
+NAN_POLICIES = config_lib.NAN_POLICIES  # Re-exported: config_lib checks config.nan_policy.
 
 
 class TrainState(train_state.TrainState):

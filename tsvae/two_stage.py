@@ -34,6 +34,7 @@ from tsvae import losses
 from tsvae import models
 from tsvae import sampling
 from tsvae import train
+from tsvae import validation
 from tsvae import workdir_lock
 
 LATENTS_DIR = 'latents'
@@ -79,8 +80,8 @@ class Experiment:
     self.workdir = workdir
     self.mesh = train.make_mesh(devices)
     # Everything that can fail on bad input fails here, before any compute or write.
-    config_lib.validate(config, num_devices=self.mesh.size,
-                        num_processes=jax.process_count())
+    validation.validate_config(config, num_devices=self.mesh.size,
+                               num_processes=jax.process_count())
     if config.data.manual_dir:
       input_pipeline.validate_manual_dir(config.dataset, config.data.manual_dir)
     config_lib.check_workdir(config, workdir)

@@ -16,10 +16,33 @@ from typing import Any, Dict, Mapping, Optional
 from absl import logging
 import numpy as np
 
+from tsvae import config_lib
 from tsvae import fileio
 from tsvae.metrics import frechet
 from tsvae.metrics import inception
 from tsvae.metrics import inception_weights
+
+
+def validate_config(config):
+  """Checks the metrics' keys of `config` (config.eval: the ex-post GMM and the FID protocol);
+  raises config_lib.ConfigError. (tsvae.validation runs these with every other check.)"""
+  validate_expost_gmm_config(config)
+  validate_fid_config(config)
+
+
+def validate_expost_gmm_config(config):
+  components = config.eval.get('expost_gmm_components', 0)
+  if not isinstance(components, int) or isinstance(components, bool) or components < 0:
+    raise config_lib.ConfigError('config.eval.expost_gmm_components must be a non-negative '
+                                 f'integer (0 = no ex-post GMM), got {components!r}.')
+
+
+def validate_fid_config(config):
+  config_lib.check_choice(config.eval.get('fid_preprocess', 'tf_graph'),
+                          inception.PREPROCESSINGS, 'eval.fid_preprocess')
+  config_lib.check_choice(config.eval.get('inception_compute_dtype', 'float32'),
+                          tuple(inception.COMPUTE_DTYPES), 'eval.inception_compute_dtype')
+  config_lib.check_positive(config, ['eval.inception_batch_size'])
 
 
 @dataclasses.dataclass(frozen=True)

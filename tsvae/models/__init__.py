@@ -4,10 +4,13 @@ reference VAE, VAE + IAF, WAE-MMD, RAE), and the stage-2 VAE."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import math
 from typing import Any
 
 import jax.numpy as jnp
 
+from tsvae import config_lib
+from tsvae import losses
 from tsvae.models.baselines import (DETERMINISTIC_LOG_SIGMA, DeterministicAE,
                                     DeterministicEncoder, FlowVAE, IAFFlow)
 from tsvae.models.infogan import InfoGANDecoder, InfoGANEncoder
@@ -163,12 +166,106 @@ def make_stage2_model(latent_dim: int, depth: int = 3, width: int = 1024,
              gamma_name='loggamma_z', **dict(gamma or {}))
 
 
+# ---------------------------------------------------------------------------------------------
+# Config validation: the models' keys (tsvae.validation runs these with the others' checks).
+
+_NO_FLOOR = float('-inf')
+
+
+def validate_config(config, image_shape: Sequence[int]):
+  """Checks the models' keys of ``config`` for images of ``image_shape`` (H, W, C): the arch,
+  each stage's loss and decoder variance and compute dtype, BatchNorm, the stage-1 model
+  family and its hyper-parameters. Raises ``config_lib.ConfigError``."""
+  validate_arch_config(config)
+  for stage in config_lib.STAGES:
+    validate_stage_config(config, stage)
+  validate_batch_norm_config(config)
+  validate_stage1_model_config(config)
+  validate_image_shape_config(config, image_shape)
+
+
+def validate_arch_config(config):
+  config_lib.check_choice(config.arch, STAGE1_ARCHS, 'arch')
+
+
+def validate_stage_config(config, stage: str):
+  """config.`stage`'s reconstruction loss, γ mode and value, running-MSE momentum, dtype."""
+  s = config[stage]
+  config_lib.check_choice(s.reconstruction_loss, losses.RECONSTRUCTION_LOSSES,
+                          f'{stage}.reconstruction_loss')
+  config_lib.check_choice(s.gamma_mode, GAMMA_MODES, f'{stage}.gamma_mode')
+  config_lib.check_choice(s.get('compute_dtype', 'float32'), tuple(COMPUTE_DTYPES),
+                          f'{stage}.compute_dtype')
+  config_lib.check_positive(config, [f'{stage}.gamma_value'])
+  momentum = s.running_mse_momentum
+  if not 0.0 <= momentum < 1.0:
+    raise config_lib.ConfigError(f'config.{stage}.running_mse_momentum must be in [0, 1), got '
+                                 f'{momentum}.')
+
+
+def validate_batch_norm_config(config):
+  if not isinstance(config.stage1.bn_zero_debias, bool):
+    raise config_lib.ConfigError('config.stage1.bn_zero_debias must be True or False, got '
+                                 f'{config.stage1.bn_zero_debias!r}.')
+
+
+def validate_stage1_model_config(config):
+  """config.stage1.model, its hyper-parameters, and the keys that do not apply to it."""
+  s1 = config.stage1
+  config_lib.check_choice(s1.model, STAGE1_MODELS, 'stage1.model')
+  if not isinstance(config.stage2.enabled, bool):
+    raise config_lib.ConfigError(f'config.stage2.enabled must be True or False, got '
+                                 f'{config.stage2.enabled!r}.')
+  flat = config_lib.flatten(config)
+  for key in ('stage1.flow.num_steps', 'stage1.flow.hidden'):
+    value = flat[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise config_lib.ConfigError(f'config.{key} must be a positive integer, got {value!r}.')
+  config_lib.check_positive(config, ['stage1.wae.recon_scale'])
+  for key in ('stage1.wae.lambda_mmd', 'stage1.rae.z_weight', 'stage1.rae.decoder_l2'):
+    value = flat[key]
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+        or not math.isfinite(value) or value < 0):
+      raise config_lib.ConfigError(f'config.{key} must be a finite number >= 0, got {value!r}.')
+  if s1.model == 'vae_flow' and config.stage2.enabled:
+    raise config_lib.ConfigError(
+        "config.stage1.model='vae_flow' needs config.stage2.enabled=False: its posterior "
+        'q(z|x) (a Gaussian pushed through an IAF) is not the Gaussian N(μ, σ²) whose '
+        '(μ, σ) stage 2 is trained on, so the extracted latents would be wrong.')
+  if s1.model == 'wae_mmd' and config.batch_size < 2:
+    raise config_lib.ConfigError(
+        "config.stage1.model='wae_mmd' needs config.batch_size >= 2 (the MMD compares pairs "
+        f'of codes), got {config.batch_size}.')
+  if s1.model in DETERMINISTIC_MODELS:
+    # The VAE-only keys would be silently ignored: refuse them instead.
+    defaults = {'reconstruction_loss': 'gaussian', 'beta': 1.0, 'gamma_mode': 'learned',
+                'gamma_value': 1.0, 'optimal_gamma_floor': _NO_FLOOR,
+                'loggamma_floor': _NO_FLOOR}
+    changed = [f'stage1.{k}={s1[k]!r}' for k, v in defaults.items() if s1[k] != v]
+    if changed:
+      raise config_lib.ConfigError(
+          f'config.{", config.".join(changed)} has no effect with '
+          f"config.stage1.model={s1.model!r}: a deterministic autoencoder has no KL and no "
+          'decoder variance in its loss (γ is only reported, as ½ log of a running MSE). '
+          'Leave these keys at their defaults.')
+
+
+def validate_image_shape_config(config, image_shape: Sequence[int]):
+  """config.arch can model the images of config.dataset (``image_shape``, H x W x C)."""
+  try:
+    check_image_shape(config.arch, image_shape)
+  except ValueError as e:
+    shape = tuple(image_shape)
+    raise config_lib.ConfigError(f'config.dataset={config.dataset!r} gives {shape[0]}x'
+                                 f'{shape[1]}x{shape[2]} images: {e}') from None
+
+
 __all__ = [
     'COMPUTE_DTYPES', 'GAMMA_MODES', 'STAGE1_ARCHS', 'STAGE1_MODELS', 'DETERMINISTIC_MODELS',
     'VAE', 'FlowVAE',
     'DeterministicAE', 'DeterministicEncoder', 'IAFFlow', 'DETERMINISTIC_LOG_SIGMA',
     'build_stage1_model', 'check_image_shape', 'compute_dtype_of', 'make_stage1_model',
-    'make_stage2_model',
+    'make_stage2_model', 'validate_config',
     'InfoGANEncoder', 'InfoGANDecoder', 'ResNetEncoder', 'ResNetDecoder', 'Stage2Encoder',
     'Stage2Decoder', 'WAEEncoder', 'WAEDecoder', 'ConvTranspose', 'conv_transpose', 'conv_transpose_reference',
 ]
