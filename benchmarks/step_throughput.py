@@ -227,6 +227,7 @@ def image_shape(args):
 def run_step(args):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from tsvae import losses  # pylint: disable=g-import-not-at-top
   from tsvae import models  # pylint: disable=g-import-not-at-top
   from tsvae import train  # pylint: disable=g-import-not-at-top
 
@@ -250,7 +251,9 @@ def run_step(args):
   state = train.create_train_state(model, example, base_rng=jax.random.PRNGKey(0), tx=tx)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
   state = jax.device_put(state, train.replicated(mesh))
-  step_fn = train.jit_train_step(train.make_train_step(model, prepare_input=prepare_input), mesh)
+  # train_stage's objective for a stage config at its defaults: the reference ELBO.
+  step_fn = train.jit_train_step(train.make_train_step(
+      model, prepare_input=prepare_input, objective=losses.make_objective('vae')), mesh)
   batches = _host_batches(args)
 
   holder = {'state': state, 'metrics': None}

@@ -67,7 +67,8 @@ def _first_step_loss(model, state, x):
 
 def _train(model, state, batch, prepare_input, steps=2):
   mesh = train.make_mesh(jax.devices()[:1])
-  step = train.jit_train_step(train.make_train_step(model, prepare_input=prepare_input), mesh)
+  step = train.jit_train_step(train.make_train_step(
+      model, prepare_input=prepare_input, objective=losses.make_objective('vae')), mesh)
   history = []
   for _ in range(steps):
     state, metrics = step(state, train.shard_batch(batch, mesh))

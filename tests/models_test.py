@@ -1,25 +1,28 @@
-"""Tests for tsvae.models: layers, stage-1/stage-2 networks, the VAE wrapper, registry."""
+"""Tests for tsvae.models: stage-1/stage-2 networks, their spectral-norm and BatchNorm state, the
+VAE wrapper, the stage-1 baselines of issue #4 (IAF posterior, deterministic encoders), registry.
+
+The layers themselves (tsvae.models.layers) are tested in layers_test.py.
+"""
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tsvae import models
+from tsvae import sampling
+from tsvae import train
+from tsvae.models import baselines
 from tsvae.models import layers
 from tsvae.models import resnet
+from tsvae.models.stage2 import Stage2Decoder, Stage2Encoder
 from tsvae.models.vae import VAE
+
 
 LATENT = 8
 BATCH = 4
-
-
-def _rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
 def _init(model, x, train=False):
@@ -31,82 +34,6 @@ def _init(model, x, train=False):
 
 def _images(shape, batch=BATCH, seed=0):
   return jax.random.uniform(jax.random.key(seed), (batch, *shape))
-
-
-# ----------------------------------------------------------------------------------
-# conv_transpose
-# ----------------------------------------------------------------------------------
-
-# (kernel, stride): InfoGAN 4/2, WAE 5/2 and 5/1, ResNet 3/2; odd and even input sizes.
-CONV_T_CASES = [(k, s, size) for k, s in ((4, 2), (5, 2), (5, 1), (3, 2)) for size in (7, 8)]
-
-
-def _conv_t_inputs(k, size, cin=3, cout=5, batch=2):
-  kx, kw = jax.random.split(jax.random.key(k * 100 + size))
-  x = jax.random.normal(kx, (batch, size, size + 1, cin))  # non-square on purpose
-  w = jax.random.normal(kw, (k, k, cout, cin))
-  return x, w
-
-
-@pytest.mark.parametrize('k,s,size', CONV_T_CASES)
-def test_conv_transpose_fast_matches_reference(k, s, size):
-  x, w = _conv_t_inputs(k, size)
-  fast = functools.partial(layers.conv_transpose, strides=s)
-  ref = functools.partial(layers.conv_transpose_reference, strides=s)
-  y_fast, vjp_fast = jax.vjp(fast, x, w)
-  y_ref, vjp_ref = jax.vjp(ref, x, w)
-  assert y_fast.shape == (x.shape[0], size * s, (size + 1) * s, w.shape[2])
-  np.testing.assert_allclose(y_fast, y_ref, atol=1e-6, rtol=0)
-  g = jax.random.normal(jax.random.key(7), y_fast.shape)
-  dx_fast, dw_fast = vjp_fast(g)
-  dx_ref, dw_ref = vjp_ref(g)
-  assert _rel(dx_fast, dx_ref) <= 1e-5
-  assert _rel(dw_fast, dw_ref) <= 1e-5
-  # Under jit too, and via jax.grad of a scalar.
-  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-  gf = jax.jit(jax.grad(loss(fast), argnums=(0, 1)))(x, w)
-  gr = jax.grad(loss(ref), argnums=(0, 1))(x, w)
-  for a, b in zip(gf, gr):
-    assert _rel(a, b) <= 1e-5
-
-
-@pytest.mark.parametrize('k,s,size', CONV_T_CASES)
-def test_conv_transpose_is_adjoint_of_same_conv(k, s, size):
-  """<conv_transpose(x, W), y> == <x, conv2d_SAME(y, W)> for all x, y."""
-  x, w = _conv_t_inputs(k, size)
-  y_t = layers.conv_transpose(x, w, s)
-  y = jax.random.normal(jax.random.key(3), y_t.shape)
-  conv_y = jax.lax.conv_general_dilated(y, w, (s, s), 'SAME',
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  lhs = float(jnp.vdot(y_t, y))
-  rhs = float(jnp.vdot(x, conv_y))
-  assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(rhs))
-
-
-@pytest.mark.parametrize('k,s,size', CONV_T_CASES)
-def test_conv_transpose_matches_tensorflow(k, s, size):
-  tf = pytest.importorskip('tensorflow')
-  x, w = _conv_t_inputs(k, size)
-  out_shape = (x.shape[0], size * s, (size + 1) * s, w.shape[2])
-  expected = tf.nn.conv2d_transpose(np.asarray(x), np.asarray(w), out_shape,
-                                    strides=[1, s, s, 1], padding='SAME').numpy()
-  np.testing.assert_allclose(layers.conv_transpose(x, w, s), expected, atol=1e-4,
-                             rtol=1e-5)
-
-
-def test_conv_transpose_module_fast_and_reference_agree():
-  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
-  fast = layers.ConvTranspose(6, 4, 2)
-  ref = layers.ConvTranspose(6, 4, 2, fast_vjp=False)
-  params = fast.init(jax.random.key(1), x)
-  assert params['params']['kernel'].shape == (4, 4, 6, 4)  # TF layout (kh, kw, out, in)
-  assert params['params']['bias'].shape == (6,)
-  loss = lambda m: lambda p: jnp.sum(m.apply(p, x) ** 2)
-  np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), atol=1e-6)
-  g_fast = jax.grad(loss(fast))(params)
-  g_ref = jax.grad(loss(ref))(params)
-  for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_ref)):
-    assert _rel(a, b) <= 1e-5
 
 
 # ----------------------------------------------------------------------------------
@@ -269,30 +196,8 @@ def test_infogan_inits():
 
 
 # ----------------------------------------------------------------------------------
-# Spectral norm and BatchNorm
+# Spectral norm and BatchNorm in the networks
 # ----------------------------------------------------------------------------------
-
-
-def test_spectral_normalize_matches_reference_algorithm():
-  rng = np.random.default_rng(0)
-  kernel = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
-  u = rng.normal(size=(36, 1)).astype(np.float32)
-  w = kernel.reshape(-1, 6)
-  v = w.T @ u
-  v /= np.linalg.norm(v)
-  u_new = w @ v
-  u_new /= np.linalg.norm(u_new)
-  sigma = (u_new.T @ w @ v)[0, 0]
-  w_bar, u_out, sigma_out = layers.spectral_normalize(jnp.asarray(kernel), jnp.asarray(u))
-  np.testing.assert_allclose(u_out, u_new, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(sigma_out, sigma, rtol=1e-5)
-  np.testing.assert_allclose(w_bar, kernel / sigma, rtol=1e-5, atol=1e-6)
-  # u and v are constants for differentiation: d/dW sum(W/sigma) includes -W d sigma.
-  g = jax.grad(lambda k: jnp.sum(layers.spectral_normalize(k, jnp.asarray(u))[0]))(
-      jnp.asarray(kernel))
-  expected = (np.ones_like(w) / sigma
-              - w.sum() / sigma**2 * (u_new @ v.T)).reshape(kernel.shape)
-  np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_spectral_norm_converges_and_lives_in_batch_stats():
@@ -314,72 +219,6 @@ def test_spectral_norm_converges_and_lives_in_batch_stats():
     top = np.linalg.svd(np.asarray(w_bar).reshape(-1, kernel.shape[-1]),
                         compute_uv=False)[0]
     assert abs(top - 1.0) < 0.05, (name, top)
-
-
-def test_batch_norm_momentum_and_eval():
-  x = jax.random.normal(jax.random.key(0), (16, 5)) * 3.0 + 2.0
-
-  class Net(nn.Module):
-
-    @nn.compact
-    def __call__(self, x, train):
-      return layers.batch_norm(train)(x)
-
-  net = Net()
-  variables = net.init(jax.random.key(1), x, train=False)
-  y, upd = net.apply(variables, x, train=True, mutable=['batch_stats'])
-  stats = upd['batch_stats']['BatchNorm_0']
-  np.testing.assert_allclose(stats['mean'], 0.001 * x.mean(0), rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(stats['var'], 0.999 + 0.001 * x.var(0), rtol=1e-5)
-  np.testing.assert_allclose(y, (x - x.mean(0)) / jnp.sqrt(x.var(0) + 1e-5), atol=1e-5)
-  # Eval: uses the running averages and does not change them.
-  y_eval, upd = net.apply(variables, x, train=False, mutable=['batch_stats'])
-  np.testing.assert_allclose(y_eval, x / np.sqrt(1 + 1e-5), rtol=1e-6)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, upd['batch_stats'],
-                         variables['batch_stats'])
-
-
-def test_zero_debias_batch_norm_matches_tf1_assign_moving_average_by_hand():
-  """TF1 zero_debias, computed by hand in float64: biased EMA b_t = d·b_{t-1} + (1 − d)·x_t
-  from b_0 = 0, moving value b_t / (1 − d^t). Inference normalises with that value."""
-  batches = [np.asarray(jax.random.normal(jax.random.key(i), (16, 5))) * (1.0 + i) + 2.0 - i
-             for i in range(4)]
-
-  class Net(nn.Module):
-
-    @nn.compact
-    def __call__(self, x, train):
-      return layers.batch_norm(train, name='bn', zero_debias=True)(x)
-
-  net = Net()
-  variables = net.init(jax.random.key(1), batches[0], train=False)
-  assert float(variables['batch_stats']['bn']['local_step']) == 0.0
-  step = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=['batch_stats']))
-  decay, biased_mean, biased_var = 0.999, np.zeros(5), np.zeros(5)
-  for t, x in enumerate(batches, start=1):
-    y, upd = step(variables, x)
-    variables = {**variables, **upd}
-    x64 = x.astype(np.float64)
-    biased_mean = decay * biased_mean + (1 - decay) * x64.mean(0)
-    biased_var = decay * biased_var + (1 - decay) * x64.var(0)
-    stats = variables['batch_stats']['bn']
-    np.testing.assert_allclose(stats['mean'], biased_mean / (1 - decay**t), rtol=1e-5,
-                               atol=1e-6)
-    np.testing.assert_allclose(stats['var'], biased_var / (1 - decay**t), rtol=1e-5)
-    assert float(stats['local_step']) == t
-    # Train mode normalises with the batch's own statistics, as without debiasing.
-    np.testing.assert_allclose(y, (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5), atol=1e-5)
-  # After one step the average is that batch's statistics (the initial 0 / 1 carry no weight);
-  # after 4 it is close to the mean of the 4 batches' statistics, far from Flax's 0.4%-weighted
-  # plain EMA.
-  mean = biased_mean / (1 - decay**4)
-  np.testing.assert_allclose(mean, np.mean([b.mean(0) for b in batches], 0), atol=1e-2)
-  x = batches[-1]
-  y_eval, upd = net.apply(variables, x, train=False, mutable=['batch_stats'])
-  np.testing.assert_allclose(y_eval, (x - mean) / np.sqrt(biased_var / (1 - decay**4) + 1e-5),
-                             rtol=1e-5, atol=1e-5)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, upd['batch_stats'],
-                         variables['batch_stats'])  # Eval changes nothing.
 
 
 def test_bn_zero_debias_reaches_every_batch_norm_of_every_arch():
@@ -477,3 +316,144 @@ def test_stage2_shapes_and_concat_heads():
   shapes = _param_shapes(models.make_stage2_model(64), jnp.zeros((1, 64)))['params']
   assert shapes['encoder']['mu_u']['kernel'] == (1024 + 64, 64)
   assert shapes['decoder']['fc0']['kernel'] == (64, 1024)
+
+
+# ----------------------------------------------------------------------------------
+# Stage-1 baselines (issue #4): VAE + IAF, deterministic encoders (WAE-MMD, RAE)
+# ----------------------------------------------------------------------------------
+
+DIM = 4  # Data and code dimension of the dense test models.
+X = np.random.default_rng(0).normal(size=(8, DIM)).astype(np.float32)
+
+
+def _flow_vae(steps=2, hidden=8):
+  return baselines.FlowVAE(encoder=Stage2Encoder(DIM, 1, 8), decoder=Stage2Decoder(DIM, 1, 8),
+                           gamma_name='loggamma_x', flow_steps=steps, flow_hidden=hidden)
+
+
+def _deterministic():
+  return baselines.DeterministicAE(
+      encoder=baselines.DeterministicEncoder(Stage2Encoder(DIM, 1, 8)),
+      decoder=Stage2Decoder(DIM, 1, 8), gamma_name='loggamma_x', gamma_mode='running_mse')
+
+
+def _init_dense(model, x=X):
+  """Init with threefry keys (params 0, noise 1) on the baseline tests' data X."""
+  return model.init({'params': jax.random.PRNGKey(0), 'noise': jax.random.PRNGKey(1)}, x,
+                    train=False)
+
+
+def test_made_masks_are_autoregressive():
+  for dim in (1, 2, 5):
+    to_hidden, hidden, to_out = baselines.made_masks(dim, 7)
+    reach = (to_hidden @ hidden @ to_out) > 0  # reach[j, i]: input j can affect output i.
+    for i in range(dim):
+      for j in range(dim):
+        if j >= i:
+          assert not reach[j, i], (dim, j, i)
+    if dim > 1:
+      assert reach[0, dim - 1]  # ...and the allowed connections exist.
+
+
+def _perturbed(params, rng, scale=0.3):
+  """Parameters plus noise (biases too), so that no output is trivially constant."""
+  return jax.tree_util.tree_map(
+      lambda p: np.asarray(p) + scale * rng.normal(size=p.shape).astype(np.float32), params)
+
+
+def test_iaf_log_det_matches_numerical_jacobian_and_steps_are_triangular():
+  dim = 5
+  flow = baselines.IAFFlow(num_steps=3, hidden=16)
+  rng = np.random.default_rng(6)
+  z0 = jnp.asarray(rng.normal(size=(1, dim)), jnp.float32)
+  ctx = jnp.asarray(rng.normal(size=(1, 2 * dim)), jnp.float32)
+  params = _perturbed(flow.init(jax.random.PRNGKey(0), z0, ctx), rng)
+  z_k, log_det, jac = jax.jit(lambda z: (*flow.apply(params, z[None], ctx),
+                                         jax.jacfwd(lambda y: flow.apply(params, y[None],
+                                                                         ctx)[0][0])(z)))(z0[0])
+  sign, logabsdet = np.linalg.slogdet(np.asarray(jac, np.float64))
+  assert sign > 0
+  np.testing.assert_allclose(log_det[0], logabsdet, rtol=1e-4, atol=1e-4)
+  assert z_k.shape == z0.shape
+
+  step = baselines.IAFStep(hidden=16)
+  h = jnp.asarray(rng.normal(size=(1, 16)), jnp.float32)
+  sparams = _perturbed(step.init(jax.random.PRNGKey(1), z0, h), rng)
+  step_log_det, sjac = jax.jit(lambda z: (
+      step.apply(sparams, z[None], h)[1],
+      jax.jacfwd(lambda y: step.apply(sparams, y[None], h)[0][0])(z)))(z0[0])
+  sjac = np.asarray(sjac)
+  assert np.all(np.triu(sjac, 1) == 0.0)  # Autoregressive: output i sees inputs ≤ i only.
+  assert np.count_nonzero(np.tril(sjac, -1)) > 0
+  np.testing.assert_allclose(step_log_det[0], np.sum(np.log(np.diag(sjac))), rtol=1e-5)
+  assert np.all((np.diag(sjac) > 0) & (np.diag(sjac) < 1))  # The gates σ_k ∈ (0, 1).
+
+
+def test_flow_vae_reconstruction_goes_through_the_flow():
+  model = _flow_vae()
+  variables = _init_dense(model)
+  rng = jax.random.PRNGKey(7)
+  recon = sampling.reconstruct(model, variables, X, rng)
+  eps = jax.random.normal(jax.random.fold_in(rng, 0), (len(X), DIM))
+  mu, sigma, log_sigma = model.apply(variables, X, train=False, method='encode')
+  z_k, _ = model.apply(variables, mu + sigma * eps, jnp.concatenate([mu, log_sigma], -1),
+                       method=lambda m, z, c: m.flow(z, c))
+  expected = model.apply(variables, z_k, train=False, method=models.VAE.decode)
+  np.testing.assert_allclose(recon, expected, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(z_k, mu + sigma * eps)  # The flow is not the identity.
+
+
+def test_deterministic_encoder_and_sampling_paths():
+  model = _deterministic()
+  variables = _init_dense(model)
+  mu, sigma = sampling.encode_batch(model, variables, X)
+  assert np.all(np.asarray(sigma) == 0.0)
+  _, _, log_sigma = model.apply(variables, X, train=False, method='encode')
+  assert np.all(np.asarray(log_sigma) == baselines.DETERMINISTIC_LOG_SIGMA)
+  assert np.all(np.isfinite(log_sigma)) and float(jnp.exp(log_sigma).max()) == 0.0
+  # Reconstruction decodes z = μ whatever the noise.
+  r1 = sampling.reconstruct(model, variables, X, jax.random.PRNGKey(0))
+  r2 = sampling.reconstruct(model, variables, X, jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(r1, r2)
+  np.testing.assert_allclose(
+      r1, model.apply(variables, mu, train=False, method=models.VAE.decode), rtol=1e-6)
+  # Stage-2 input from these latents is the codes themselves.
+  z = train.latent_input({'mu': mu, 'sigma': sigma}, jax.random.PRNGKey(2))
+  np.testing.assert_array_equal(z, mu)
+  out = model.apply(variables, X, train=True, rngs={'noise': jax.random.PRNGKey(3)},
+                    mutable=['batch_stats'])[0]
+  np.testing.assert_array_equal(out['z'], mu)
+  assert out['z_prior'].shape == mu.shape
+
+
+def test_make_stage1_model_families():
+  for name, cls in (('vae', models.VAE), ('vae_flow', models.FlowVAE),
+                    ('wae_mmd', models.DeterministicAE), ('rae', models.DeterministicAE)):
+    model = models.make_stage1_model('infogan', (28, 28, 1), 8, model=name)
+    assert type(model) is cls  # pylint: disable=unidiomatic-typecheck
+  rae = models.make_stage1_model('infogan', (28, 28, 1), 8, model='rae',
+                                 gamma={'running_mse_momentum': 0.5})
+  assert rae.gamma_mode == 'running_mse' and rae.running_mse_momentum == 0.5
+  flow = models.make_stage1_model('infogan', (28, 28, 1), 8, model='vae_flow',
+                                  model_kwargs={'flow_steps': 3, 'flow_hidden': 32})
+  assert (flow.flow_steps, flow.flow_hidden) == (3, 32)
+  # Traced (not compiled) in train mode on InfoGAN: the wrapped encoder keeps its spectral-norm
+  # and BatchNorm state, next to the running MSE of γ.
+  x = jax.ShapeDtypeStruct((4, 28, 28, 1), jnp.float32)
+  rngs = {'params': jax.random.PRNGKey(0), 'noise': jax.random.PRNGKey(1)}
+  for model in (rae, flow):
+    variables = jax.eval_shape(lambda x, m=model: m.init(rngs, x, train=False), x)
+    out, updates = jax.eval_shape(
+        lambda v, x, m=model: m.apply(v, x, train=True, rngs={'noise': rngs['noise']},
+                                      mutable=['batch_stats']), variables, x)
+    assert out['x_hat'].shape == (4, 28, 28, 1) and out['z'].shape == (4, 8)
+    assert jax.tree_util.tree_structure(updates['batch_stats']) == (
+        jax.tree_util.tree_structure(variables['batch_stats']))
+  rae_vars = jax.eval_shape(lambda x: rae.init(rngs, x, train=False), x)
+  assert set(rae_vars['batch_stats']) == {'encoder', 'decoder', 'running_mse'}
+  assert 'conv1' in rae_vars['batch_stats']['encoder']['inner']
+  with pytest.raises(ValueError, match='unknown stage-1 model'):
+    models.make_stage1_model('infogan', (28, 28, 1), 8, model='gan')
+  with pytest.raises(TypeError, match='model_kwargs'):
+    models.make_stage1_model('infogan', (28, 28, 1), 8, model='rae',
+                             model_kwargs={'flow_steps': 2})

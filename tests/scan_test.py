@@ -25,6 +25,7 @@ from testdata import TinyDecoder, tiny_config
 from tsvae import checkpointing
 from tsvae import config_lib
 from tsvae import input_pipeline
+from tsvae import losses
 from tsvae import models
 from tsvae import train
 from tsvae import two_stage
@@ -108,7 +109,8 @@ def _stage(name):
 def test_k_scanned_steps_equal_k_single_steps(name):
   model, prepare_input, arrays, host_batch = _stage(name)
   mesh = train.make_mesh()  # Two CPU devices (conftest): each batch is split over both.
-  step = train.make_train_step(model, prepare_input=prepare_input)
+  step = train.make_train_step(model, prepare_input=prepare_input,
+                               objective=losses.make_objective('vae'))
   rows = input_pipeline.epoch_rows(16, 4, shuffle_seed=3, epoch=1)  # [K, 4]
   assert rows.shape == (K, 4)
 

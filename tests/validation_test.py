@@ -2,6 +2,7 @@
 
 import ast
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ from tsvae import config_lib
 from tsvae import input_pipeline
 from tsvae import models
 from tsvae import train
+from tsvae import two_stage
 from tsvae import validation
 from tsvae.metrics import fid
 
@@ -116,3 +118,44 @@ def test_each_part_checks_its_own_keys():
 def test_the_configs_validate(name):
   config = importlib.import_module(f'configs.{name}').get_config()
   validation.validate_config(config, num_devices=1)
+
+
+# ------------------------------------------------------ the stage-1 baselines (issue #4)
+
+
+@pytest.mark.parametrize('overrides, match', [
+    (dict(stage1__model='vea'), "Did you mean 'vae'"),
+    (dict(stage1__model='vae_flow'), 'stage2.enabled=False'),
+    (dict(stage1__model='vae_flow', stage2__enabled=False, stage1__flow__num_steps=0),
+     'flow.num_steps must be a positive integer'),
+    (dict(stage1__flow__hidden=-3), 'flow.hidden must be a positive integer'),
+    (dict(stage1__model='wae_mmd', stage1__wae__lambda_mmd=-1.0), 'lambda_mmd must be'),
+    (dict(stage1__wae__recon_scale=0.0), 'recon_scale must be a positive'),
+    (dict(stage1__model='rae', stage1__rae__z_weight=float('nan')), 'z_weight must be'),
+    (dict(stage1__rae__decoder_l2=-1e-3), 'decoder_l2 must be'),
+    (dict(stage1__model='rae', stage1__beta=2.0), 'stage1.beta=2.0 has no effect'),
+    (dict(stage1__model='wae_mmd', stage1__gamma_mode='optimal'), 'gamma_mode'),
+    (dict(stage1__model='wae_mmd', stage1__reconstruction_loss='cross_entropy'),
+     'reconstruction_loss'),
+])
+def test_bad_baseline_configs_fail_before_anything_is_written(tmp_path, overrides, match):
+  workdir = tmp_path / 'workdir'
+  with pytest.raises(config_lib.ConfigError, match=match):
+    two_stage.run(tiny_config(**overrides), str(workdir))
+  assert not workdir.exists()
+
+
+def test_new_keys_at_their_defaults_keep_old_workdirs(tmp_path):
+  config = tiny_config()
+  keys = config_lib.experiment_keys(config)
+  assert not any(k.startswith(('stage1.model', 'stage1.flow', 'stage1.wae', 'stage1.rae'))
+                 or k == 'stage2.enabled' for k in keys)
+  old = {k: v for k, v in config_lib.flatten(config).items()
+         if not k.startswith(('stage1.model', 'stage1.flow.', 'stage1.wae.', 'stage1.rae.'))
+         and k != 'stage2.enabled'}
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  config_lib.check_workdir(config, str(tmp_path))  # An old workdir resumes.
+  with pytest.raises(config_lib.ConfigError, match='stage1.model'):
+    config_lib.check_workdir(tiny_config(stage1__model='rae'), str(tmp_path))
+  assert 'stage1.rae.z_weight' in config_lib.experiment_keys(
+      tiny_config(stage1__rae__z_weight=1e-3))

@@ -91,7 +91,8 @@ def test_each_mode_trains(mode):
   mesh = train.make_mesh(jax.devices()[:1])
   tx = train.make_optimizer(lambda s: 3e-3)
   state = train.create_train_state(model, batch['mu'], base_rng=jax.random.PRNGKey(0), tx=tx)
-  step = train.jit_train_step(train.make_train_step(model, prepare_input=train.latent_input), mesh)
+  step = train.jit_train_step(train.make_train_step(
+      model, prepare_input=train.latent_input, objective=losses.make_objective('vae')), mesh)
   losses_seen = []
   for _ in range(30):
     state, metrics = step(state, train.shard_batch(batch, mesh))

@@ -60,6 +60,25 @@ def _reconstruction_nll(x, outputs, reconstruction_loss: str) -> jnp.ndarray:
                    f'expected one of {RECONSTRUCTION_LOSSES}.')
 
 
+def _loss_and_metrics(x: jnp.ndarray, outputs: Mapping[str, jnp.ndarray], *, loss: jnp.ndarray,
+                      kl: jnp.ndarray, gen: jnp.ndarray, **extra: jnp.ndarray):
+  """(loss, metrics) with the metrics every objective reports, then its own ``extra`` ones.
+
+  'loss', 'kl' (for the deterministic models the regulariser that takes the KL's place,
+  loss − gen), 'gen' (the reconstruction term), 'loggamma' (``outputs['loggamma']``) and 'mse'
+  (the mean squared error of x̂ per data dimension).
+  """
+  metrics = {
+      'loss': loss,
+      'kl': kl,
+      'gen': gen,
+      'loggamma': outputs['loggamma'],
+      'mse': jnp.mean(jnp.square(x - outputs['x_hat'])),
+      **extra,
+  }
+  return loss, metrics
+
+
 def negative_elbo(x: jnp.ndarray,
                   outputs: Mapping[str, jnp.ndarray],
                   *,
@@ -75,22 +94,13 @@ def negative_elbo(x: jnp.ndarray,
   """
   kl = gaussian_kl(outputs['mu'], outputs['sigma'], outputs['log_sigma'])
   gen = _reconstruction_nll(x, outputs, reconstruction_loss)
-  loss = beta * kl + gen
-  mse = jnp.mean(jnp.square(x - outputs['x_hat']))
-  metrics = {
-      'loss': loss,
-      'kl': kl,
-      'gen': gen,
-      'loggamma': outputs['loggamma'],
-      'mse': mse,
-  }
-  return loss, metrics
+  return _loss_and_metrics(x, outputs, loss=beta * kl + gen, kl=kl, gen=gen)
 
 
 # ------------------------------------------------------------------------------ baselines
 # Objectives of the stage-1 model families other than the reference VAE (config.stage1.model;
 # models/baselines.py). Same conventions: sums over dims, means over the batch. Every one
-# returns (loss, metrics) with at least 'loss', 'kl', 'gen', 'loggamma' and 'mse'; for the
+# returns (loss, metrics) with at least the metrics of ``_loss_and_metrics``; for the
 # deterministic models 'kl' holds the regulariser that takes the KL's place (loss − gen).
 
 # The WAE code's (tolstikhin/wae, wae.py) inverse multiquadratic kernel scales.
@@ -122,15 +132,8 @@ def flow_negative_elbo(x: jnp.ndarray, outputs: Mapping[str, jnp.ndarray], *,
   """β·KL_MC + Gen for the VAE with an IAF posterior (outputs of ``models.FlowVAE``)."""
   kl = flow_kl(outputs['eps'], outputs['log_sigma'], outputs['log_det'], outputs['z'])
   gen = _reconstruction_nll(x, outputs, reconstruction_loss)
-  loss = beta * kl + gen
-  return loss, {
-      'loss': loss,
-      'kl': kl,
-      'gen': gen,
-      'loggamma': outputs['loggamma'],
-      'mse': jnp.mean(jnp.square(x - outputs['x_hat'])),
-      'log_det': jnp.mean(outputs['log_det']),
-  }
+  return _loss_and_metrics(x, outputs, loss=beta * kl + gen, kl=kl, gen=gen,
+                           log_det=jnp.mean(outputs['log_det']))
 
 
 def _squared_distances(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -173,15 +176,7 @@ def wae_mmd_loss(x: jnp.ndarray, outputs: Mapping[str, jnp.ndarray], *,
   gen = recon_scale * squared_error(x, outputs['x_hat'])
   mmd = imq_mmd(outputs['z'], outputs['z_prior'])
   reg = lambda_mmd * mmd
-  loss = gen + reg
-  return loss, {
-      'loss': loss,
-      'kl': reg,
-      'gen': gen,
-      'mmd': mmd,
-      'loggamma': outputs['loggamma'],
-      'mse': jnp.mean(jnp.square(x - outputs['x_hat'])),
-  }
+  return _loss_and_metrics(x, outputs, loss=gen + reg, kl=reg, gen=gen, mmd=mmd)
 
 
 def kernel_l2(params: Any) -> jnp.ndarray:
@@ -202,16 +197,8 @@ def rae_loss(x: jnp.ndarray, outputs: Mapping[str, jnp.ndarray], decoder_params:
   z_penalty = jnp.sum(jnp.square(outputs['z'])) / 2.0 / _batch_size(x)
   l2 = kernel_l2(decoder_params)
   reg = z_weight * z_penalty + decoder_l2 * l2
-  loss = gen + reg
-  return loss, {
-      'loss': loss,
-      'kl': reg,
-      'gen': gen,
-      'z_penalty': z_penalty,
-      'decoder_l2': l2,
-      'loggamma': outputs['loggamma'],
-      'mse': jnp.mean(jnp.square(x - outputs['x_hat'])),
-  }
+  return _loss_and_metrics(x, outputs, loss=gen + reg, kl=reg, gen=gen, z_penalty=z_penalty,
+                           decoder_l2=l2)
 
 
 Objective = Callable[[jnp.ndarray, Mapping[str, jnp.ndarray], Any], Any]

@@ -132,20 +132,15 @@ def latent_input(batch: Mapping[str, jax.Array], rng: jax.Array) -> jax.Array:
 
 
 def make_train_step(model, *, prepare_input: Callable[..., jax.Array],
-                    reconstruction_loss: str = 'gaussian', beta: float = 1.0,
-                    nan_policy: str = 'error',
-                    objective: Optional[losses.Objective] = None
+                    objective: losses.Objective, nan_policy: str = 'error'
                     ) -> Callable[[TrainState, Any], Any]:
   """The pure (un-jitted) step: (state, batch) → (new_state, metrics).
 
-  ``objective(x, outputs, params) → (loss, metrics)`` is the loss (``losses.make_objective``
-  for the stage-1 baselines); None is the reference ELBO with ``reconstruction_loss``, ``beta``.
+  ``objective(x, outputs, params) → (loss, metrics)`` is the loss (``losses.make_objective``:
+  the reference ELBO is ``make_objective('vae', reconstruction_loss=..., beta=...)``).
   """
   if nan_policy not in NAN_POLICIES:
     raise ValueError(f'nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}')
-  if objective is None:
-    objective = losses.make_objective(
-        'vae', reconstruction_loss=reconstruction_loss, beta=beta)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -442,10 +437,12 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
   step = int(state.step)
   logging.info('%s: step %d of %d (%d steps per epoch, %d epochs)', spec.name, step,
                num_steps, spec.steps_per_epoch, spec.config.num_epochs)
+  objective = spec.objective
+  if objective is None:  # The reference ELBO of the stage config.
+    objective = losses.make_objective('vae', reconstruction_loss=spec.config.reconstruction_loss,
+                                      beta=spec.config.beta)
   train_step = make_train_step(spec.model, prepare_input=spec.prepare_input,
-                               reconstruction_loss=spec.config.reconstruction_loss,
-                               beta=spec.config.beta, nan_policy=nan_policy,
-                               objective=spec.objective)
+                               objective=objective, nan_policy=nan_policy)
   if step >= num_steps:  # Nothing to train: the stage is only restored.
     ckpt.close()
     return state
