@@ -63,9 +63,10 @@ def measure_checkpoint(workdir, reps):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import mnist  # pylint: disable=g-import-not-at-top
-  from tsvae import checkpointing, train, two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae import checkpointing, train  # pylint: disable=g-import-not-at-top
+  from tsvae import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
   config = mnist.get_config()
-  experiment = two_stage.Experiment(config, workdir)
+  experiment = experiment_lib.setup(config, workdir)
   example = np.zeros((config.batch_size,) + tuple(experiment.image_shape), np.float32)
   state = train.create_train_state(experiment.model1, example,
                                    base_rng=jax.random.PRNGKey(config.seed),

@@ -34,7 +34,7 @@ from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-pos
 logging.set_verbosity(logging.INFO)  # The extractor's progress lines.
 
 import step_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tsvae import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tsvae.evaluators import inputs as eval_inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae.metrics import fid  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tsvae.metrics import frechet  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -65,7 +65,7 @@ def subset(builder, dataset, split, num, seed):
 
 def main(argv=None):
   args = parse_args(argv)
-  cache_dir = args.cache_dir or evaluate.default_cache_dir()
+  cache_dir = args.cache_dir or eval_inputs.default_cache_dir()
   weights, reason = inception_weights.find('', cache_dir, allow_download=True)
   if weights is None:
     sys.exit(reason)

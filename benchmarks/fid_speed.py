@@ -83,11 +83,11 @@ def main(argv=None):
   if args.host_devices > 1:  # Before JAX starts.
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_'
                                f'device_count={args.host_devices}').strip()
-  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+  from tsvae.evaluators import inputs as eval_inputs  # pylint: disable=g-import-not-at-top
   from tsvae import hostmem  # pylint: disable=g-import-not-at-top
   from tsvae.metrics import inception_weights  # pylint: disable=g-import-not-at-top
   hostmem.tune_malloc_for_training()
-  weights, reason = inception_weights.find('', evaluate.default_cache_dir(),
+  weights, reason = inception_weights.find('', eval_inputs.default_cache_dir(),
                                            allow_download=True)
   if weights is None:
     sys.exit(reason)

@@ -29,7 +29,7 @@ import numpy as np
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
-from tsvae import evaluate  # pylint: disable=wrong-import-position
+from tsvae.evaluators import inputs as eval_inputs  # pylint: disable=wrong-import-position
 from tsvae.metrics import inception_weights  # pylint: disable=wrong-import-position
 
 OUT = os.path.join(_REPO, 'tests', 'data', 'fid_reference_features.npz')
@@ -63,7 +63,7 @@ def main():
   args = p.parse_args()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  weights, reason = inception_weights.find('', evaluate.default_cache_dir(),
+  weights, reason = inception_weights.find('', eval_inputs.default_cache_dir(),
                                            allow_download=True)
   if weights is None or weights.sha256 != inception_weights.TORCHSCRIPT.sha256:
     sys.exit(f'the TorchScript FID weights are needed: {reason}')

@@ -13,7 +13,7 @@ noise instead of reconstructing it. This script tests that reading:
   training image exactly round(f·784) pixels, chosen uniformly at random and fixed per image
   (seeded by its index and --outlier_seed), are replaced by Uniform[0, 1) noise.
 * Stage 1 (configs/mnist.py: InfoGAN-SN, κ = 64, learned γ, the reference objective) is trained
-  by the real trainer (tsvae.two_stage.Experiment.run_stage) on the corrupted training split for
+  by the real trainer (tsvae.stages.train_or_restore) on the corrupted training split for
   --epochs epochs. Stage 2 is not trained. Rerunning on the same --workdir resumes.
 * Reconstruction of an image x̃: the decoder mean at the encoder mean, x̂ = D(μ_z(x̃)).
 * Baselines: PCA with κ components fitted on the corrupted training images (x̂ = projection,
@@ -141,9 +141,9 @@ def _jitted_recon():
 def vae_reconstruct(model, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
   """x̂ = decoder mean at the encoder mean μ_z(x), inference mode (one compiled batch shape)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
+  from tsvae import batching  # pylint: disable=g-import-not-at-top
   recon = _jitted_recon()
-  return diagnostics.map_padded(lambda x: jax.device_get(recon(model, variables, x)), images,
+  return batching.map_padded(lambda x: jax.device_get(recon(model, variables, x)), images,
                                 batch_size)
 
 
@@ -197,8 +197,9 @@ def main(argv=None) -> dict:
   from tsvae import fileio  # pylint: disable=g-import-not-at-top
   from tsvae import images as images_lib  # pylint: disable=g-import-not-at-top
   from tsvae import input_pipeline  # pylint: disable=g-import-not-at-top
-  from tsvae import sampling  # pylint: disable=g-import-not-at-top
-  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae import generation  # pylint: disable=g-import-not-at-top
+  from tsvae import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  from tsvae import stages  # pylint: disable=g-import-not-at-top
   from tsvae.models import vae as vae_lib  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.INFO)
@@ -206,12 +207,12 @@ def main(argv=None) -> dict:
   timings = {}
   config = make_config(args)
   t = time.time()
-  experiment = two_stage.Experiment(config, args.workdir)
+  experiment = experiment_lib.setup(config, args.workdir)
   if jax.process_index() == 0:
     config_lib.record_config(config, args.workdir)
-  state1 = experiment.run_stage(experiment.stage1_spec())
+  state1 = stages.train_or_restore(experiment, stages.stage1_spec(experiment))
   timings['stage1'] = time.time() - t
-  variables = sampling.variables_of(state1)
+  variables = generation.variables_of(state1)
 
   t = time.time()
   num_eval, num_test = args.num_eval, args.num_eval_test

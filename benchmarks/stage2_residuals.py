@@ -44,11 +44,12 @@ def residuals(args):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tsvae import config_lib  # pylint: disable=g-import-not-at-top
-  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+  from tsvae import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  from tsvae import generation  # pylint: disable=g-import-not-at-top
   from tsvae import input_pipeline  # pylint: disable=g-import-not-at-top
-  from tsvae import sampling  # pylint: disable=g-import-not-at-top
+  from tsvae import latents  # pylint: disable=g-import-not-at-top
   from tsvae import train  # pylint: disable=g-import-not-at-top
-  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae import stages  # pylint: disable=g-import-not-at-top
   from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
   study = stage2_study.parse_args([f'--root={args.root}', f'--dataset={args.dataset}',
                                    f'--manual_dir={args.manual_dir}',
@@ -59,28 +60,28 @@ def residuals(args):
       'stage2.enabled': True, 'stage2.num_epochs': args.epochs}).items():
     config_lib.set_dotted(config, key, value)
   workdir = os.path.join(args.root, f'{args.dataset}_s2_{args.recipe}')
-  experiment = two_stage.Experiment(config, workdir, devices=jax.devices()[:1])
-  spec = experiment.stage2_spec()
+  experiment = experiment_lib.setup(config, workdir, devices=jax.devices()[:1])
+  spec = stages.stage2_spec(experiment)
   state2 = train.train_stage(spec, target_steps=args.epochs * spec.steps_per_epoch,
-                             **experiment._train_kwargs())  # pylint: disable=protected-access
+                             **stages.train_kwargs(experiment))
   if int(state2.step) != args.epochs * spec.steps_per_epoch:
     raise SystemExit(f'{workdir} holds step {int(state2.step)}, not epoch {args.epochs}.')
-  codes = input_pipeline.read_latent_dataset_builder(experiment.latents_dir).load()
+  codes = input_pipeline.read_latent_dataset_builder(latents.latents_dir(workdir)).load()
   mu, sigma = codes['mu'], codes['sigma']
   pick = np.sort(np.random.default_rng(0).choice(len(mu), min(args.num, len(mu)), replace=False))
   z = (mu[pick] + sigma[pick] * np.random.default_rng(1).standard_normal(mu[pick].shape)).astype(
       np.float32)
-  v2 = sampling.variables_of(state2)
-  mu_u, sigma_u = evaluate._encode_chunks(experiment.model2, v2, z, 500)  # pylint: disable=protected-access
-  z_hat = np.asarray(evaluate._decode(experiment.model2, v2, mu_u))  # pylint: disable=protected-access
+  v2 = generation.variables_of(state2)
+  mu_u, sigma_u = latents.encode(experiment.model2, v2, z, 500)
+  z_hat = np.asarray(generation.decode(experiment.model2, v2, mu_u))
   per_dim = np.mean(np.square(z - z_hat), axis=0)
   # What the ELBO sees: u drawn from q(u|z), as in training (the learned γ_z tracks this one).
   u = (mu_u + sigma_u * np.random.default_rng(2).standard_normal(mu_u.shape)).astype(np.float32)
-  z_sampled = np.asarray(evaluate._decode(experiment.model2, v2, u))  # pylint: disable=protected-access
+  z_sampled = np.asarray(generation.decode(experiment.model2, v2, u))
   per_dim_sampled = np.mean(np.square(z - z_sampled), axis=0)
   active = diagnostics.active_dims(sigma, float(config.eval.active_dim_threshold))['active']
   inactive = np.setdiff1d(np.arange(mu.shape[1]), active)
-  loggamma_z = evaluate._loggamma(experiment.model2, v2)  # pylint: disable=protected-access
+  loggamma_z = generation.loggamma(experiment.model2, v2)
   return {
       'benchmark': 'stage2_residuals', 'recipe': args.recipe, 'stage2_epochs': args.epochs,
       'num_codes': int(len(z)), 'active_dims': int(len(active)),

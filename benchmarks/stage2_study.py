@@ -214,9 +214,9 @@ class FidQueue:
     self.items.append((priority, name, images, record))
 
   def run(self, args, scorer):
-    from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+    from tsvae.evaluators import inputs as eval_inputs  # pylint: disable=g-import-not-at-top
     for _, name, images, record in sorted(self.items, key=lambda item: item[0]):
-      record['fid'], record['fid_seconds'] = scorer.fid(evaluate.min_max_stretch(images))
+      record['fid'], record['fid_seconds'] = scorer.fid(eval_inputs.min_max_stretch(images))
       _write(args, name, record)
       plot(args.out)
     self.items = []
@@ -253,7 +253,7 @@ class Scorer:
 
   def __init__(self, args, config, experiment):
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+    from tsvae.evaluators import inputs as eval_inputs  # pylint: disable=g-import-not-at-top
     from tsvae.metrics import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
     from tsvae.metrics import fid as fid_lib  # pylint: disable=g-import-not-at-top
     from tsvae.metrics import frechet  # pylint: disable=g-import-not-at-top
@@ -261,10 +261,12 @@ class Scorer:
     from tsvae.metrics import inception_weights  # pylint: disable=g-import-not-at-top
     e = config.eval
     self.frechet = frechet
-    self.cache_dir = e.cache_dir or evaluate.default_cache_dir()
+    self.cache_dir = e.cache_dir or eval_inputs.default_cache_dir()
     n, seed, batch = args.num_samples, int(e.seed), int(e.batch_size)
-    self.test_uint8 = evaluate._images(experiment, 'test', n, seed, batch)  # pylint: disable=protected-access
-    self.train_uint8 = evaluate._images(experiment, 'train', n, seed, batch)  # pylint: disable=protected-access
+    self.test_uint8 = eval_inputs.real_images(experiment.builder, config.dataset, 'test', n, seed,
+                                              batch)
+    self.train_uint8 = eval_inputs.real_images(experiment.builder, config.dataset, 'train', n,
+                                               seed, batch)
     self.fid_lib = fid_lib
     self.real = fid_lib.RealSet(self.test_uint8, config.dataset, 'test', seed)
     self.extractor = None
@@ -310,10 +312,10 @@ class Scorer:
 
 def score_point(args, scorer, base, name, images, extra, queue, priority, with_fid):
   """Writes the point with its proxy FD (and an FID it already has); queues a wanted FID."""
-  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
+  from tsvae.evaluators import inputs as eval_inputs  # pylint: disable=g-import-not-at-top
   old = _read(args, name) or {}
   record = dict(base, **extra, point=name,
-                proxy_fd=scorer.proxy_fd(evaluate.min_max_stretch(images)),
+                proxy_fd=scorer.proxy_fd(eval_inputs.min_max_stretch(images)),
                 fid=old.get('fid'), fid_seconds=old.get('fid_seconds'))
   _write(args, name, record)
   if _needs_fid(args, name, with_fid):
@@ -335,11 +337,10 @@ def references(args, config, experiment, state1, codes, scorer, base, queue):
   """Stage-1 prior samples, ex-post GMM samples and reconstructions (the fixed references)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
-  from tsvae import sampling  # pylint: disable=g-import-not-at-top
+  from tsvae import generation  # pylint: disable=g-import-not-at-top
   from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
   from tsvae.metrics import expost_gmm  # pylint: disable=g-import-not-at-top
-  v1 = sampling.variables_of(state1)
+  v1 = generation.variables_of(state1)
   n, batch = args.num_samples, int(config.eval.batch_size)
   rng = jax.random.fold_in(experiment.root_rng, 19)
   r1, rr = jax.random.split(rng)
@@ -354,9 +355,9 @@ def references(args, config, experiment, state1, codes, scorer, base, queue):
 
   if wanted('stage1'):
     active = diagnostics.active_dims(sigma, float(config.eval.active_dim_threshold))
-    extra = dict(info, loggamma_x=evaluate._loggamma(experiment.model1, v1),  # pylint: disable=protected-access
+    extra = dict(info, loggamma_x=generation.loggamma(experiment.model1, v1),
                  active_dims=int(active['count']))
-    images = sampling.generate_stage1(experiment.model1, v1, r1, n,
+    images = generation.generate_stage1(experiment.model1, v1, r1, n,
                                       latent_dim=config.latent_dim, batch_size=batch)
     grids['stage1'] = images[:100]
     score_point(args, scorer, base, 'stage1', images, extra, queue, (0,),
@@ -365,7 +366,7 @@ def references(args, config, experiment, state1, codes, scorer, base, queue):
     start = time.time()
     gmm = expost_gmm.fit(mu, int(config.eval.expost_gmm_components), seed=int(config.eval.seed))
     fit_s = time.time() - start
-    images = expost_gmm.generate(lambda z: np.asarray(evaluate._decode(experiment.model1, v1, z)),  # pylint: disable=protected-access
+    images = expost_gmm.generate(lambda z: np.asarray(generation.decode(experiment.model1, v1, z)),
                                  gmm, n, int(config.eval.seed), batch_size=min(batch, n))
     grids['gmm'] = images[:100]
     score_point(args, scorer, base, 'gmm', images,
@@ -373,7 +374,7 @@ def references(args, config, experiment, state1, codes, scorer, base, queue):
                 'gmm' in args.fid_sets)
   if wanted('recon'):
     test_float = scorer.test_uint8.astype(np.float32) / 255.0
-    images = sampling.reconstruct(experiment.model1, v1, test_float, rr, batch_size=batch)
+    images = generation.reconstruct(experiment.model1, v1, test_float, rr, batch_size=batch)
     score_point(args, scorer, base, 'recon', images, info, queue, (4,),
                 'recon' in args.fid_sets)
   return grids
@@ -413,10 +414,11 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tsvae import config_lib  # pylint: disable=g-import-not-at-top
-  from tsvae import evaluate  # pylint: disable=g-import-not-at-top
-  from tsvae import sampling  # pylint: disable=g-import-not-at-top
+  from tsvae import generation  # pylint: disable=g-import-not-at-top
+  from tsvae import latents  # pylint: disable=g-import-not-at-top
   from tsvae import train  # pylint: disable=g-import-not-at-top
-  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  from tsvae import stages  # pylint: disable=g-import-not-at-top
   from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   overrides = dict(RECIPES[recipe], **{'stage2.enabled': True,
@@ -424,12 +426,13 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
   for key, value in overrides.items():
     config_lib.set_dotted(config, key, value)
   workdir = os.path.join(args.root, f'{args.dataset}_s2_{recipe}')
-  experiment = two_stage.Experiment(config, workdir, devices=jax.devices()[:1])
+  experiment = experiment_lib.setup(config, workdir, devices=jax.devices()[:1])
   config_lib.record_config(config, workdir)
-  if not experiment.latents_exist():
-    shutil.copytree(experiment1.latents_dir, experiment.latents_dir)
-  spec = experiment.stage2_spec()
-  v1 = sampling.variables_of(state1)
+  if not latents.exist(experiment.workdir):
+    shutil.copytree(latents.latents_dir(experiment1.workdir),
+                    latents.latents_dir(experiment.workdir))
+  spec = stages.stage2_spec(experiment)
+  v1 = generation.variables_of(state1)
   n, batch = args.num_samples, int(config.eval.batch_size)
   rng = jax.random.fold_in(experiment.root_rng, 20)
   r2, rz, ru = jax.random.split(rng, 3)
@@ -446,23 +449,23 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
            for s, name in names.items()):
       continue
     state2 = train.train_stage(spec, target_steps=m * spec.steps_per_epoch,
-                               **experiment._train_kwargs())  # pylint: disable=protected-access
-    v2 = sampling.variables_of(state2)
+                               **stages.train_kwargs(experiment))
+    v2 = generation.variables_of(state2)
     rows = _metric_rows(workdir, 'stage2')
     last = [r for r in rows if r['step'] == m * spec.steps_per_epoch]
-    mu_u, sigma_u = evaluate._encode_chunks(experiment.model2, v2, z, batch)  # pylint: disable=protected-access
+    mu_u, sigma_u = latents.encode(experiment.model2, v2, z, batch)
     u = (mu_u + sigma_u * np.asarray(jax.random.normal(ru, mu_u.shape))).astype(np.float32)
     info = {'recipe': recipe, 'recipe_overrides': RECIPES[recipe], 'stage2_epochs': m,
             'stage2_step': int(state2.step),
             'stage2_batch_size': config_lib.stage2_batch_size(config),
             'stage2_train_seconds': training_seconds(rows),
-            'loggamma_z': evaluate._loggamma(experiment.model2, v2),  # pylint: disable=protected-access
+            'loggamma_z': generation.loggamma(experiment.model2, v2),
             'mmd_u': diagnostics.mmd_to_standard_normal(u, seed=1),
             'loss': last[-1]['loss'] if last else None,
             'kl': last[-1].get('kl') if last else None}
     info['gamma_z'] = float(np.exp(info['loggamma_z']))
     for scale, name in names.items():
-      images = sampling.generate_stage2(experiment.model1, v1, experiment.model2, v2, r2, n,
+      images = generation.generate_stage2(experiment.model1, v1, experiment.model2, v2, r2, n,
                                         batch_size=batch, noise_scale=scale)
       grids[name] = images[:100]
       priority = _fid_priority(args, recipe, m, scale, m == milestones[-1])
@@ -606,18 +609,22 @@ def main(argv=None):
   logging.set_verbosity(logging.INFO)  # tsvae's progress lines (training, FID) on stderr.
   run_stage1(args)
   import jax  # pylint: disable=g-import-not-at-top
-  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae import generation  # pylint: disable=g-import-not-at-top
+  from tsvae import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  from tsvae import latents  # pylint: disable=g-import-not-at-top
+  from tsvae import stages  # pylint: disable=g-import-not-at-top
   from tsvae import workdir_lock  # pylint: disable=g-import-not-at-top
   config = base_config(args)
   config.stage2.enabled = False
   workdir = stage1_workdir(args)
   with workdir_lock.hold(workdir, 'benchmarks/stage2_study.py'):
-    experiment = two_stage.Experiment(config, workdir, devices=jax.devices()[:1])
-    state1 = experiment.restore_stage('stage1')
-    experiment.extract_latents(state1)
+    experiment = experiment_lib.setup(config, workdir, devices=jax.devices()[:1])
+    state1 = stages.restore_final(experiment, 'stage1')
+    latents.extract(experiment, generation.variables_of(state1))
     base = dict(_record_base(args, config), stage1_command=' '.join(stage1_command(args)[1:]))
     scorer = Scorer(args, config, experiment)
-    codes = experiment.encode_split(state1, 'train')  # (μ_z, σ_z) of the training set.
+    # (μ_z, σ_z) of the training set.
+    codes = latents.encode_split(experiment, generation.variables_of(state1), 'train')
     queue = FidQueue()
     grids = references(args, config, experiment, state1, codes, scorer, base, queue)
     save_grids(args.out, grids)

@@ -37,10 +37,30 @@ def evaluated_run(tmp_path_factory):
   workdir as read-only (copy it to change it): other tests evaluate it again."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from testdata import eval_overrides, tiny_config  # pylint: disable=g-import-not-at-top
-  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae import pipeline  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp('eval_run'))
   cache_dir = str(tmp_path_factory.mktemp('eval_cache'))
   config = tiny_config(**eval_overrides(cache_dir))
   with tfds.testing.mock_data(num_examples=40):
-    result = two_stage.run(config, workdir)
+    result = pipeline.run(config, workdir)
   return config, workdir, cache_dir, result
+
+
+@pytest.fixture(scope='session')
+def random_inception(tmp_path_factory):
+  """Random FID-Inception weights written as a .pth with torch's names, and read back:
+  (variables, path), shared by the Inception and the evaluation tests. Treat both as read-only."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from torch_writer import write_pth  # pylint: disable=g-import-not-at-top
+  from tsvae.metrics import inception  # pylint: disable=g-import-not-at-top
+  from tsvae.metrics import inception_weights  # pylint: disable=g-import-not-at-top
+  variables = inception.random_variables(seed=1)
+  state = inception.state_dict_from_variables(variables)
+  rng = np.random.default_rng(2)
+  extra = {'fc.weight': rng.normal(size=(1008, 2048)).astype(np.float32),
+           'fc.bias': np.zeros(1008, np.float32)}
+  tracked = {k.replace('running_mean', 'num_batches_tracked'): np.array(5, np.int64)
+             for k in state if k.endswith('running_mean')}
+  path = str(tmp_path_factory.mktemp('inception') / inception_weights.PYTORCH_FID_PTH.cache_name)
+  write_pth(path, {**state, **extra, **tracked}, fmt='zip')
+  return variables, path

@@ -1,6 +1,7 @@
 """The ex-post GMM (tsvae.metrics.expost_gmm) and the evaluation of single-stage runs and of
 deterministic encoders (σ_z = 0)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,10 +10,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from evaluation_test import check_null_reasons
+from evaluators_test import check_null_reasons
 from testdata import tiny_config
 from tsvae import evaluate
-from tsvae import two_stage
+from tsvae import evaluators
+from tsvae import experiment as experiment_lib
+from tsvae import latents
+from tsvae import stages
 from tsvae.metrics import expost_gmm
 
 # --------------------------------------------------------------------------------- the GMM
@@ -94,21 +98,21 @@ def test_evaluation_scores_gmm_samples(evaluated_run):
 
 
 def _copy_and_restore(evaluated_run, tmp_path):
-  """An Experiment on a copy of the evaluated run's workdir, and its two restored stages."""
+  """A Setup on a copy of the evaluated run's workdir, and its two restored stages."""
   config, workdir, _, _ = evaluated_run
   copy = str(tmp_path / 'workdir')
   shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('eval'))
   with tfds.testing.mock_data(num_examples=40):
-    experiment = two_stage.Experiment(config, copy)
-    return experiment, experiment.restore_stage('stage1'), experiment.restore_stage('stage2')
+    setup = experiment_lib.setup(config, copy)
+    return setup, stages.restore_final(setup, 'stage1'), stages.restore_final(setup, 'stage2')
 
 
 def test_stage2_disabled_gives_nulls_with_reasons(evaluated_run, tmp_path):
-  experiment, state1, state2 = _copy_and_restore(evaluated_run, tmp_path)
-  experiment.config = experiment.config.copy_and_resolve_references()
-  experiment.config.stage2.enabled = False  # Wins over a stage-2 state.
+  setup, state1, state2 = _copy_and_restore(evaluated_run, tmp_path)
+  config = setup.config.copy_and_resolve_references()
+  config.stage2.enabled = False  # Wins over a stage-2 state.
   with tfds.testing.mock_data(num_examples=40):
-    metrics = evaluate.evaluate_experiment(experiment, state1, state2)
+    metrics = evaluators.evaluate(dataclasses.replace(setup, config=config), state1, state2)
   for key in STAGE2_KEYS:
     assert metrics[key] is None, key
     assert 'stage2.enabled=False' in metrics['null_reasons'][key], key
@@ -126,18 +130,18 @@ def test_stage2_disabled_gives_nulls_with_reasons(evaluated_run, tmp_path):
 
 def test_deterministic_encoder_absent_stage2_and_gmm_off(evaluated_run, tmp_path, monkeypatch):
   """σ_z = 0 (the WAE-MMD / RAE encoders): active dims null with a reason, nothing NaN."""
-  experiment, state1, _ = _copy_and_restore(evaluated_run, tmp_path)
-  encode = two_stage.Experiment.encode_split
+  setup, state1, _ = _copy_and_restore(evaluated_run, tmp_path)
+  encode = latents.encode_split
 
-  def deterministic(self, state, split='train'):
-    mu, sigma = encode(self, state, split)
+  def deterministic(setup, variables1, split='train'):
+    mu, sigma = encode(setup, variables1, split)
     return mu, np.zeros_like(sigma)
 
-  monkeypatch.setattr(two_stage.Experiment, 'encode_split', deterministic)
-  experiment.config = experiment.config.copy_and_resolve_references()
-  experiment.config.eval.expost_gmm_components = 0
-  with tfds.testing.mock_data(num_examples=40):
-    metrics = evaluate.evaluate_experiment(experiment, state1, None)  # No stage 2 at all.
+  monkeypatch.setattr(latents, 'encode_split', deterministic)
+  config = setup.config.copy_and_resolve_references()
+  config.eval.expost_gmm_components = 0
+  with tfds.testing.mock_data(num_examples=40):  # No stage 2 at all:
+    metrics = evaluators.evaluate(dataclasses.replace(setup, config=config), state1, None)
   assert metrics['active_dims'] is None
   assert 'deterministic' in metrics['null_reasons']['active_dims']
   assert metrics['active_dims_unavailable_reason'] == metrics['null_reasons']['active_dims']
@@ -155,9 +159,9 @@ def test_deterministic_encoder_absent_stage2_and_gmm_off(evaluated_run, tmp_path
 
 def test_run_restores_stage2_only_when_enabled(tmp_path, monkeypatch):
   restored = []
-  monkeypatch.setattr(two_stage.Experiment, 'restore_stage',
-                      lambda self, name: restored.append(name) or f'{name} state')
-  monkeypatch.setattr(evaluate, 'evaluate_experiment', lambda experiment, s1, s2: (s1, s2))
+  monkeypatch.setattr(stages, 'restore_final',
+                      lambda setup, name: restored.append(name) or f'{name} state')
+  monkeypatch.setattr(evaluators, 'evaluate', lambda setup, s1, s2: (s1, s2))
   assert evaluate.run(tiny_config(), str(tmp_path)) == ('stage1 state', 'stage2 state')
   restored.clear()
   single = tiny_config(stage2__enabled=False)

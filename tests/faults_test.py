@@ -25,8 +25,10 @@ from tsvae import checkpointing
 from tsvae import faults
 from tsvae import input_pipeline
 from tsvae import train
-from tsvae import two_stage
+from tsvae import experiment as experiment_lib
+from tsvae import stages
 from tsvae import workdir_lock
+from tsvae import models
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 64 training images, batch 8: 8 steps per epoch. Stage 1: 12 steps (1.5 epochs), stage 2: 16.
@@ -74,9 +76,9 @@ def _last_rows(workdir):
 
 
 def _final_params(workdir, data_dirs):
-  experiment = two_stage.Experiment(_config(data_dirs), workdir)
-  return (jax.device_get(experiment.restore_stage('stage1')),
-          jax.device_get(experiment.restore_stage('stage2')))
+  setup = experiment_lib.setup(_config(data_dirs), workdir)
+  return (jax.device_get(stages.restore_final(setup, 'stage1')),
+          jax.device_get(stages.restore_final(setup, 'stage2')))
 
 
 def _assert_bitwise_equal(a, b):
@@ -141,7 +143,7 @@ def test_sigkill_at_every_phase_then_resume_is_bitwise_identical(tmp_path, data)
 
 
 def test_nan_batch_stops_with_the_last_good_checkpoint_intact(tmp_path):
-  model = two_stage.models.make_stage2_model(4, depth=1, width=8)
+  model = models.make_stage2_model(4, depth=1, width=8)
   good = {'mu': np.zeros((8, 4), np.float32), 'sigma': np.ones((8, 4), np.float32)}
   bad = {'mu': np.full((8, 4), np.nan, np.float32), 'sigma': np.ones((8, 4), np.float32)}
 
@@ -298,7 +300,7 @@ def test_sample_writing_elsewhere_runs_beside_a_writer(tmp_path, data, finished_
 
 
 def test_disk_full_while_checkpointing(tmp_path, monkeypatch):
-  model = two_stage.models.make_stage2_model(4, depth=1, width=8)
+  model = models.make_stage2_model(4, depth=1, width=8)
   batch = {'mu': np.zeros((8, 4), np.float32), 'sigma': np.ones((8, 4), np.float32)}
   stage_config = ml_collections.ConfigDict(dict(
       num_epochs=1, learning_rate=1e-3, lr_decay_epochs=1, lr_decay_factor=0.5, max_steps=-1,

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tsvae import evaluate
 from tsvae.metrics import fid
 from tsvae.metrics import frechet
 from tsvae.metrics import inception
 from tsvae.metrics import inception_weights
+from tsvae.evaluators import inputs as eval_inputs
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'data', 'fid_reference_features.npz')
 
@@ -66,7 +66,7 @@ def test_tf_graph_names_cover_every_unit_once():
 
 @pytest.fixture(scope='module')
 def real_variables():
-  weights, reason = inception_weights.find('', evaluate.default_cache_dir(),
+  weights, reason = inception_weights.find('', eval_inputs.default_cache_dir(),
                                            allow_download=False)
   if weights is None:
     pytest.skip(f'real FID weights unavailable (the package index could not be reached?): '

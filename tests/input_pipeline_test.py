@@ -609,7 +609,8 @@ def test_outliers_streamed_celeba(celeba_local):
 def test_outlier_config_keys_validated_and_implicit(tmp_path):
   from testdata import tiny_config  # pylint: disable=g-import-not-at-top
   from tsvae import config_lib  # pylint: disable=g-import-not-at-top
-  from tsvae import two_stage  # pylint: disable=g-import-not-at-top
+  from tsvae import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  from tsvae import stages  # pylint: disable=g-import-not-at-top
   from tsvae import validation  # pylint: disable=g-import-not-at-top
   for key, value, match in (('data.outlier_fraction', 1.5, r'outlier_fraction.*\[0, 1\]'),
                             ('data.outlier_fraction', -0.1, r'outlier_fraction.*\[0, 1\]'),
@@ -629,7 +630,7 @@ def test_outlier_config_keys_validated_and_implicit(tmp_path):
   # Stage 1 trains on the corrupted images.
   config = tiny_config(data__outlier_fraction=FRACTION, data__outlier_seed=3)
   with tfds.testing.mock_data(num_examples=16):
-    spec = two_stage.Experiment(config, str(tmp_path / 'run')).stage1_spec()
+    spec = stages.stage1_spec(experiment_lib.setup(config, str(tmp_path / 'run')))
     got = np.concatenate([b['image'] for b in spec.epoch_batches(0, 0)])
 
     def epoch0(**outliers):

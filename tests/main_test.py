@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -18,7 +19,9 @@ from tsvae import checkpointing
 from tsvae import config_lib
 from tsvae import input_pipeline
 from tsvae import train
-from tsvae import two_stage
+from tsvae import experiment as experiment_lib
+from tsvae import pipeline
+from tsvae import stages
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +47,7 @@ def mock_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('mock_run'))
   config = tiny_config()
   with tfds.testing.mock_data(num_examples=40):
-    result = two_stage.run(config, workdir)
+    result = pipeline.run(config, workdir)
   return config, workdir, result
 
 
@@ -73,11 +76,50 @@ def test_full_run_writes_everything(mock_run):
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'stage1', 'events.out.tfevents.*'))
 
 
+def test_sample_grids_reach_tensorboard_as_images(mock_run):
+  """The three grids, at the final stage-2 step, as TensorBoard images equal to the PNGs."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  _, workdir, result = mock_run
+  images = {}
+  for path in glob.glob(os.path.join(workdir, 'tensorboard', 'samples', 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        images[value.tag] = (event.step, tf.make_ndarray(value.tensor))
+  assert set(images) == {'stage2_samples', 'stage1_samples', 'reconstructions'}
+  for name, (step, tensor) in images.items():
+    assert step == 10, name  # The final stage-2 step.
+    encoded = tf.io.decode_png(tensor[2])  # [width, height, png bytes...]
+    png = np.asarray(Image.open(result['samples'][name]))
+    np.testing.assert_array_equal(np.asarray(encoded)[..., 0], png)
+
+
+def test_restore_final_needs_neither_data_nor_latents(mock_run, tmp_path):
+  """A finished stage restores from its checkpoint alone: no data set, no latents."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  config, workdir, result = mock_run
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('latents'))
+  # Outside tfds mock data: building the data set would fail here.
+  setup = experiment_lib.setup(config, copy)
+  for stage in ('stage1', 'stage2'):
+    state = stages.restore_final(setup, stage)
+    for got, want in zip(jax.tree_util.tree_leaves(jax.device_get(state.params)),
+                         jax.tree_util.tree_leaves(jax.device_get(result[f'state{stage[-1]}'].params))):
+      np.testing.assert_array_equal(got, want)
+  with pytest.raises(checkpointing.CheckpointError, match='not complete'):
+    stages.restore_final(experiment_lib.setup(config, str(tmp_path / 'empty')), 'stage2')
+
+
+def test_streams_are_distinct():
+  values = [int(s) for s in experiment_lib.Stream]
+  assert len(values) == len(set(values))
+
+
 def test_rerun_of_finished_workdir_skips_all_training(mock_run):
   config, workdir, _ = mock_run
   lines_before = len(_metric_lines(workdir))
   with tfds.testing.mock_data(num_examples=40):
-    again = two_stage.run(config, workdir)
+    again = pipeline.run(config, workdir)
   assert len(_metric_lines(workdir)) == lines_before  # No step was trained.
   assert int(again['state1'].step) == 5 and int(again['state2'].step) == 10
 
@@ -85,7 +127,7 @@ def test_rerun_of_finished_workdir_skips_all_training(mock_run):
 def test_stage2_batch_size_sets_stage2_steps_only(tmp_path):
   config = tiny_config(stage2__batch_size=16)
   with tfds.testing.mock_data(num_examples=40):
-    result = two_stage.run(config, str(tmp_path))
+    result = pipeline.run(config, str(tmp_path))
   assert int(result['state1'].step) == 5  # Stage 1 keeps config.batch_size = 8.
   assert int(result['state2'].step) == 4  # 40 // 16 = 2 steps per epoch, two epochs.
   rows = [r for r in _metric_lines(str(tmp_path)) if r['stage'] == 'stage2']
@@ -99,13 +141,13 @@ def test_stage2_batch_size_sets_stage2_steps_only(tmp_path):
 def test_plan_line_gives_each_stages_steps_before_training(mock_run):
   config, workdir, _ = mock_run
   with tfds.testing.mock_data(num_examples=40):
-    plan = two_stage.Experiment(config, workdir).plan()
+    plan = pipeline.plan(experiment_lib.setup(config, workdir))
   assert 'stage 1 5 steps (1 epochs x 5 steps of batch 8)' in plan
   assert 'stage 2 10 steps (2 epochs x 5 steps of batch 8)' in plan
   assert 'no evaluation' in plan
   single = tiny_config(stage1__max_steps=3, stage2__enabled=False)
   with tfds.testing.mock_data(num_examples=40):
-    plan = two_stage.Experiment(single, str(workdir) + '_other').plan()
+    plan = pipeline.plan(experiment_lib.setup(single, str(workdir) + '_other'))
   assert 'stage 1 3 steps (max_steps cap)' in plan and 'stage 2 off' in plan
 
 
@@ -126,14 +168,14 @@ def test_workdir_of_another_experiment_is_refused_untouched(mock_run):
   _, workdir, _ = mock_run
   before = _snapshot(workdir)
   with pytest.raises(config_lib.ConfigError, match='latent_dim'):
-    two_stage.run(tiny_config(latent_dim=16), workdir)
+    pipeline.run(tiny_config(latent_dim=16), workdir)
   assert _snapshot(workdir) == before
 
 
 def test_run_control_keys_may_change_on_resume(mock_run):
   config, workdir, _ = mock_run
   config = tiny_config(log_every_steps=5, stage2__num_epochs=2)
-  two_stage.Experiment(config, workdir)  # Validates without complaint.
+  experiment_lib.setup(config, workdir)  # Validates without complaint.
 
 
 @pytest.mark.parametrize('overrides, error, match', [
@@ -153,7 +195,7 @@ def test_run_control_keys_may_change_on_resume(mock_run):
 def test_bad_input_fails_before_anything_is_written(tmp_path, overrides, error, match):
   workdir = tmp_path / 'workdir'
   with pytest.raises(error, match=match):
-    two_stage.run(tiny_config(**overrides), str(workdir))
+    pipeline.run(tiny_config(**overrides), str(workdir))
   assert not workdir.exists()
 
 
@@ -162,7 +204,7 @@ def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
   with pytest.raises(config_lib.ConfigError, match='cannot be written'):
-    two_stage.run(tiny_config(), str(blocker / 'run'))
+    pipeline.run(tiny_config(), str(blocker / 'run'))
   assert blocker.read_text() == 'not a directory'
 
 
@@ -231,17 +273,17 @@ def test_cli_bad_config_key_and_bad_dir(tmp_path, local_mnist):
 
 
 def test_mean_vs_ancestral_grid(mock_run):
-  from tsvae import sample  # pylint: disable=g-import-not-at-top
+  from tsvae import generation  # pylint: disable=g-import-not-at-top
   config, workdir, result = mock_run
-  experiment = two_stage.Experiment(config, workdir)
-  path = sample.write_mean_vs_ancestral(experiment, result['state1'], result['state2'])
+  setup = experiment_lib.setup(config, workdir)
+  path = generation.write_mean_vs_ancestral(setup, result['state1'], result['state2'])
   grid = np.asarray(Image.open(path))
   single = np.asarray(Image.open(result['samples']['stage2_samples']))
   assert grid.shape[0] == single.shape[0] and grid.shape[1] == 2 * single.shape[1] + 8
   left, right = grid[:, :single.shape[1]], grid[:, -single.shape[1]:]
   assert not np.array_equal(left, right)  # Pixel noise (γ_x ≈ 1 after a few steps) shows.
   # A single-stage model (no stage 2): the same grid from stage-1 prior samples.
-  single_stage = sample.write_mean_vs_ancestral(experiment, result['state1'], None)
+  single_stage = generation.write_mean_vs_ancestral(setup, result['state1'], None)
   grid1 = np.asarray(Image.open(single_stage))
   assert grid1.shape == grid.shape and not np.array_equal(grid1, grid)
 

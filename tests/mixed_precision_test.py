@@ -17,7 +17,7 @@ from tsvae import config_lib
 from tsvae import losses
 from tsvae import models
 from tsvae import train
-from tsvae import two_stage
+from tsvae import experiment as experiment_lib
 from tsvae import validation
 
 BATCH = 2
@@ -149,12 +149,12 @@ def test_bf16_checkpoint_holds_float32(tmp_path):
 
 def test_config_threads_compute_dtype_to_the_models(tmp_path):
   config = tiny_config(stage1__compute_dtype='bfloat16', stage2__compute_dtype='bfloat16')
-  experiment = two_stage.Experiment(config, str(tmp_path))
+  experiment = experiment_lib.setup(config, str(tmp_path))
   nets = (experiment.model1.encoder, experiment.model1.decoder, experiment.model2.encoder,
           experiment.model2.decoder)
   assert [net.dtype for net in nets] == [jnp.bfloat16] * 4
   config = tiny_config(stage2__compute_dtype='bfloat16')
-  experiment = two_stage.Experiment(config, str(tmp_path))
+  experiment = experiment_lib.setup(config, str(tmp_path))
   assert experiment.model1.encoder.dtype == experiment.model1.decoder.dtype == jnp.float32
   assert experiment.model2.encoder.dtype == jnp.bfloat16
 
@@ -172,7 +172,7 @@ def test_bad_compute_dtype_rejected_before_compute(tmp_path, stage, value):
   with pytest.raises(config_lib.ConfigError,
                      match=rf"config\.{stage}\.compute_dtype='{value}' is not one of "
                      r"\['float32', 'bfloat16'\]"):
-    two_stage.Experiment(config, str(tmp_path))
+    experiment_lib.setup(config, str(tmp_path))
   assert not list(tmp_path.iterdir())  # Nothing written.
   with pytest.raises(ValueError, match='bfloat16'):
     models.make_stage2_model(LATENT, compute_dtype=value)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tsvae import models
-from tsvae import sampling
+from tsvae import generation
+from tsvae import latents
 from tsvae import train
 from tsvae.models import baselines
 from tsvae.models import layers
@@ -393,7 +394,7 @@ def test_flow_vae_reconstruction_goes_through_the_flow():
   model = _flow_vae()
   variables = _init_dense(model)
   rng = jax.random.PRNGKey(7)
-  recon = sampling.reconstruct(model, variables, X, rng)
+  recon = generation.reconstruct(model, variables, X, rng)
   eps = jax.random.normal(jax.random.fold_in(rng, 0), (len(X), DIM))
   mu, sigma, log_sigma = model.apply(variables, X, train=False, method='encode')
   z_k, _ = model.apply(variables, mu + sigma * eps, jnp.concatenate([mu, log_sigma], -1),
@@ -406,14 +407,14 @@ def test_flow_vae_reconstruction_goes_through_the_flow():
 def test_deterministic_encoder_and_sampling_paths():
   model = _deterministic()
   variables = _init_dense(model)
-  mu, sigma = sampling.encode_batch(model, variables, X)
+  mu, sigma = latents.encode_batch(model, variables, X)
   assert np.all(np.asarray(sigma) == 0.0)
   _, _, log_sigma = model.apply(variables, X, train=False, method='encode')
   assert np.all(np.asarray(log_sigma) == baselines.DETERMINISTIC_LOG_SIGMA)
   assert np.all(np.isfinite(log_sigma)) and float(jnp.exp(log_sigma).max()) == 0.0
   # Reconstruction decodes z = μ whatever the noise.
-  r1 = sampling.reconstruct(model, variables, X, jax.random.PRNGKey(0))
-  r2 = sampling.reconstruct(model, variables, X, jax.random.PRNGKey(1))
+  r1 = generation.reconstruct(model, variables, X, jax.random.PRNGKey(0))
+  r2 = generation.reconstruct(model, variables, X, jax.random.PRNGKey(1))
   np.testing.assert_array_equal(r1, r2)
   np.testing.assert_allclose(
       r1, model.apply(variables, mu, train=False, method=models.VAE.decode), rtol=1e-6)

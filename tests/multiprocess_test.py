@@ -9,7 +9,8 @@ import jax
 import numpy as np
 
 from testdata import tiny_config, tiny_flags, write_mnist_dir
-from tsvae import two_stage
+from tsvae import experiment as experiment_lib
+from tsvae import stages
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = dict(stage1__num_epochs=1, stage1__max_steps=6, stage2__num_epochs=1,
@@ -36,8 +37,8 @@ def _env(devices):
 
 def _final_states(workdir, manual_dir, data_dir):
   config = tiny_config(data__manual_dir=manual_dir, data__data_dir=data_dir, **RUN)
-  experiment = two_stage.Experiment(config, workdir)
-  return [jax.device_get(experiment.restore_stage(s)) for s in ('stage1', 'stage2')]
+  setup = experiment_lib.setup(config, workdir)
+  return [jax.device_get(stages.restore_final(setup, s)) for s in ('stage1', 'stage2')]
 
 
 def test_two_processes_match_one_process(tmp_path):

@@ -74,7 +74,7 @@ def test_setup_outside_a_checkout_needs_tsvae_repo_then_clones_it(tmp_path):
   result = run(source.replace("TSVAE_REPO = ''", f"TSVAE_REPO = 'file://{REPO_ROOT}'", 1))
   assert result.returncode == 0, result.stderr
   clone = tmp_path / 'tsvae-checkout'
-  assert (clone / 'tsvae' / 'two_stage.py').exists()
+  assert (clone / 'tsvae' / 'pipeline.py').exists()
   assert f'tsvae repository: {clone}' in result.stdout
   result = run(source)  # A second run reuses the clone, with TSVAE_REPO empty again.
   assert result.returncode == 0 and f'tsvae repository: {clone}' in result.stdout

@@ -7,7 +7,7 @@
 - CIFAR-10: the download route gives the same bytes as the offline JPEG q75 zip.
 - configs/celeba_wae.py: the authors' crop.
 
-The BatchNorm arithmetic itself is tested in models_test.py. Runs here use a tiny stage-1 net
+The BatchNorm arithmetic itself is tested in layers_test.py. Runs here use a tiny stage-1 net
 with one BatchNorm layer (seconds).
 """
 
@@ -27,17 +27,18 @@ import tensorflow_datasets as tfds
 from configs import default
 from testdata import eval_overrides, tiny_config, TinyDecoder
 from tsvae import config_lib
-from tsvae import evaluate
 from tsvae import input_pipeline
 from tsvae import models
-from tsvae import sample
-from tsvae import sampling
-from tsvae import two_stage
+from tsvae import generation
+from tsvae import experiment as experiment_lib
+from tsvae import pipeline
+from tsvae import stages
 from tsvae import validation
 from tsvae.datasets import local_builders
 from tsvae.datasets import online_builders
 from tsvae.metrics import classifier
 from tsvae.models import layers
+from tsvae import cli
 
 
 class TinyBNEncoder(nn.Module):
@@ -65,7 +66,7 @@ def _run(workdir, **overrides):
   config = tiny_config(batch_size=4, stage1__max_steps=3, stage2__max_steps=3,
                        sampling__num_grid_images=4, **overrides)
   with tfds.testing.mock_data(num_examples=8):
-    return config, two_stage.run(config, workdir)
+    return config, pipeline.run(config, workdir)
 
 
 def _strip_key(workdir, key):
@@ -102,11 +103,10 @@ def test_old_workdir_restores_and_evaluates_with_plain_batch_norm_averages(tmp_p
   current = tiny_config(batch_size=4, stage1__max_steps=3, sampling__num_grid_images=4,
                         stage2__enabled=False)
   assert current.stage1.bn_zero_debias is True
-  assert config_lib.load_workdir_config(workdir, current).stage1.bn_zero_debias is False
-  resolved = evaluate.resolve_config(current, workdir)
+  resolved = cli.config_from_workdir(workdir, current)
   assert resolved.stage1.bn_zero_debias is False
   with tfds.testing.mock_data(num_examples=8):
-    state1 = two_stage.Experiment(resolved, workdir).restore_stage('stage1')
+    state1 = stages.restore_final(experiment_lib.setup(resolved, workdir), 'stage1')
   np.testing.assert_array_equal(state1.batch_stats['encoder']['bn']['mean'],
                                 result['state1'].batch_stats['encoder']['bn']['mean'])
   # Resuming it with debiasing on would mix two experiments: refused, saying why.
@@ -136,8 +136,8 @@ def test_noise_scale_validation():
   assert config_lib._is_run_control('sampling.stage2_noise_scale')  # pylint: disable=protected-access
   for bad in (['-1'], ['x'], ['nan']):
     with pytest.raises(config_lib.ConfigError, match='--stage2_noise_scales'):
-      sample.parse_noise_scales(bad)
-  assert sample.parse_noise_scales(['1', '0.5', '0']) == [1.0, 0.5, 0.0]
+      generation.parse_noise_scales(bad)
+  assert generation.parse_noise_scales(['1', '0.5', '0']) == [1.0, 0.5, 0.0]
 
 
 class _Identity(nn.Module):
@@ -159,7 +159,7 @@ def test_noise_scale_multiplies_gamma_z_noise():
                       gamma_name='loggamma_x')
   v1 = {'params': {'loggamma_x': jnp.zeros(())}}
   rng = jax.random.key(3)
-  z = {s: sampling.generate_stage2(model1, v1, model2, v2, rng, 2000, batch_size=1000,
+  z = {s: generation.generate_stage2(model1, v1, model2, v2, rng, 2000, batch_size=1000,
                                    noise_scale=s) for s in (0.0, 1.0, 2.0)}
   noise = z[1.0] - z[0.0]  # Same u and ε at every scale.
   np.testing.assert_allclose(z[2.0] - z[0.0], 2 * noise, rtol=1e-4, atol=1e-5)
@@ -175,8 +175,8 @@ def test_noise_scale_in_metrics_and_side_by_side_grid(tmp_path, monkeypatch):
   metrics = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
   assert metrics['stage2_noise_scale'] == 0.0 and metrics['bn_zero_debias'] is True
   assert 'stage2_noise_scale' in metrics['metric_labels']
-  experiment = two_stage.Experiment(config, workdir)
-  path = sample.write_noise_scales(experiment, result['state1'], result['state2'],
+  setup = experiment_lib.setup(config, workdir)
+  path = generation.write_noise_scales(setup, result['state1'], result['state2'],
                                    [1.0, 0.0, 0.0])
   grid = np.asarray(Image.open(path))
   single = np.asarray(Image.open(result['samples']['stage2_samples']))

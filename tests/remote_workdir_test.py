@@ -29,7 +29,8 @@ from tsvae import images
 from tsvae import input_pipeline as ip
 from tsvae import metric_logging
 from tsvae import models
-from tsvae import two_stage
+from tsvae import pipeline
+from tsvae import cli
 
 gfile = tf.io.gfile
 
@@ -119,7 +120,7 @@ def test_config_record_check_and_load(ram):
   assert fileio.read_bytes(f'{workdir}/config.json') == recorded  # Never replaced.
   with pytest.raises(config_lib.ConfigError, match='latent_dim: workdir has 8'):
     config_lib.check_workdir(tiny_config(latent_dim=16), workdir)
-  loaded = config_lib.load_workdir_config(workdir)
+  loaded = cli.config_from_workdir(workdir)
   assert loaded.latent_dim == 8 and loaded.stage2.num_epochs == config.stage2.num_epochs
   assert _files(ram) == ['run/config.json']
 
@@ -137,7 +138,7 @@ def test_workdir_checks_refuse_untouched(ram):
     config_lib.check_workdir(tiny_config(), missing)
   assert not gfile.exists(missing)
   with pytest.raises(config_lib.ConfigError, match='no config.json'):
-    config_lib.load_workdir_config(f'{ram}/nothing')
+    cli.config_from_workdir(f'{ram}/nothing')
 
 
 def test_record_config_failure_is_a_config_error(ram, monkeypatch):
@@ -322,7 +323,7 @@ def test_tiny_run_on_a_remote_workdir(ram, tmp_path, monkeypatch):
   config = tiny_config(stage1__max_steps=2, stage2__num_epochs=1, stage2__max_steps=2,
                        sampling__num_grid_images=4)
   with tfds.testing.mock_data(num_examples=16):
-    result = two_stage.run(config, workdir)
+    result = pipeline.run(config, workdir)
   assert int(result['state1'].step) == 2 and int(result['state2'].step) == 2
   files = _files(workdir)
   for name in ('config.json', 'stage1/COMPLETE', 'stage2/COMPLETE', 'metrics.jsonl',
@@ -340,10 +341,10 @@ def test_tiny_run_on_a_remote_workdir(ram, tmp_path, monkeypatch):
   # trains nothing and rewrites none of them.
   before = {f: fileio.read_bytes(f'{workdir}/{f}') for f in files}
   with tfds.testing.mock_data(num_examples=16):
-    again = two_stage.run(config, workdir)
+    again = pipeline.run(config, workdir)
   assert int(again['state2'].step) == 2
   assert len(_lines(f'{workdir}/metrics.jsonl')) == 2
   for f in ('config.json', 'stage1/COMPLETE', 'stage2/COMPLETE', 'latents/tsvae_latents.json'):
     assert fileio.read_bytes(f'{workdir}/{f}') == before[f]
   with pytest.raises(config_lib.ConfigError, match='latent_dim'):
-    two_stage.run(tiny_config(latent_dim=16), workdir)
+    pipeline.run(tiny_config(latent_dim=16), workdir)

@@ -28,7 +28,9 @@ from tsvae import input_pipeline
 from tsvae import losses
 from tsvae import models
 from tsvae import train
-from tsvae import two_stage
+from tsvae import experiment as experiment_lib
+from tsvae import pipeline
+from tsvae import stages
 from tsvae.models import layers
 
 K = 4  # Steps per call in the unit tests: one epoch of 16 examples in batches of 4.
@@ -168,7 +170,7 @@ RUN = dict(log_every_steps=4, checkpoint_every_steps=4, keep_checkpoints=10)
 
 def _run(workdir, **overrides):
   with tfds.testing.mock_data(num_examples=40):
-    return two_stage.run(tiny_config(**RUN, **overrides), workdir)
+    return pipeline.run(tiny_config(**RUN, **overrides), workdir)
 
 
 @pytest.fixture(scope='module')
@@ -211,8 +213,8 @@ def test_whole_run_with_steps_per_call_equals_one_step_per_call(runs):
 def test_device_rows_are_the_host_batches(runs, tmp_path):
   del runs  # Only for its patched stage-1 model's order of tests.
   with tfds.testing.mock_data(num_examples=40):
-    experiment = two_stage.Experiment(tiny_config(**RUN, steps_per_call=K), str(tmp_path))
-    spec = experiment.stage1_spec()
+    spec = stages.stage1_spec(experiment_lib.setup(tiny_config(**RUN, steps_per_call=K),
+                                                   str(tmp_path)))
     host = np.concatenate([b['image'] for b in spec.epoch_batches(1, 2)])
     images = spec.device_data.load()['image']
   rows = spec.device_data.epoch_rows(1)[2:spec.steps_per_epoch]
@@ -221,8 +223,8 @@ def test_device_rows_are_the_host_batches(runs, tmp_path):
   for overrides in (dict(steps_per_call=K, data__device_resident_max_mb=0),
                     dict(steps_per_call=1)):
     with tfds.testing.mock_data(num_examples=40):
-      experiment = two_stage.Experiment(tiny_config(**RUN, **overrides), str(tmp_path))
-      assert experiment.stage1_spec().device_data is None
+      setup = experiment_lib.setup(tiny_config(**RUN, **overrides), str(tmp_path))
+      assert stages.stage1_spec(setup).device_data is None
 
 
 def test_sigterm_mid_stage_then_resume_with_other_steps_per_call(runs, tmp_path, monkeypatch):
@@ -275,7 +277,7 @@ def test_bad_values_are_refused_before_compute(tmp_path, key, value):
   with parent.ignore_type():  # Past the ConfigDict's own type check, as a hand-built config.
     setattr(parent, leaf, value)
   with pytest.raises(config_lib.ConfigError, match=key.replace('.', r'\.')):
-    two_stage.run(config, str(workdir))
+    pipeline.run(config, str(workdir))
   assert not workdir.exists()  # Nothing written.
 
 

@@ -50,7 +50,7 @@ TINY_OVERRIDES = {
     'sampling.num_grid_images': 16,
     'log_every_steps': 2,
     'checkpoint_every_steps': 3,
-    'eval.enabled': False,  # tests/evaluation_test.py runs the evaluation.
+    'eval.enabled': False,  # tests/evaluators_test.py runs the evaluation.
 }
 
 

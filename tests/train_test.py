@@ -12,7 +12,7 @@ import pytest
 
 from tsvae import losses
 from tsvae import models
-from tsvae import sampling
+from tsvae import generation
 from tsvae import train
 from tsvae.models import baselines
 from tsvae.models.stage2 import Stage2Decoder, Stage2Encoder
@@ -327,5 +327,5 @@ def test_train_steps(name):
     assert float(after['loggamma_x']) == 0.0
     mse = float(state.batch_stats['running_mse'])
     np.testing.assert_allclose(
-        model.apply(sampling.variables_of(state), method=models.VAE.loggamma),
+        model.apply(generation.variables_of(state), method=models.VAE.loggamma),
         0.5 * math.log(mse), rtol=1e-5)

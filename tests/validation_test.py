@@ -14,8 +14,8 @@ from testdata import tiny_config
 from tsvae import config_lib
 from tsvae import input_pipeline
 from tsvae import models
+from tsvae import pipeline
 from tsvae import train
-from tsvae import two_stage
 from tsvae import validation
 from tsvae.metrics import fid
 
@@ -141,7 +141,7 @@ def test_the_configs_validate(name):
 def test_bad_baseline_configs_fail_before_anything_is_written(tmp_path, overrides, match):
   workdir = tmp_path / 'workdir'
   with pytest.raises(config_lib.ConfigError, match=match):
-    two_stage.run(tiny_config(**overrides), str(workdir))
+    pipeline.run(tiny_config(**overrides), str(workdir))
   assert not workdir.exists()
 
 

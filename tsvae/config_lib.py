@@ -301,25 +301,5 @@ def set_dotted(config, key: str, value: Any):
   node[leaf] = value
 
 
-def load_workdir_config(workdir: str, defaults=None) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (its config.json), over `defaults` if given.
-
-  Keys added to the defaults after the workdir was created keep their default values, except
-  those in IMPLICIT_DEFAULTS, which get the value the workdir ran with.
-  """
-  path = os.path.join(workdir, CONFIG_FILENAME)
-  recorded = fileio.read_json(path)
-  if recorded is None:
-    raise ConfigError(f'{workdir} has no {CONFIG_FILENAME}: not a tsvae workdir.')
-  if defaults is None:
-    return unflatten(recorded)
-  # A copy: ConfigDict(defaults) would share (and so change) the defaults' nested dicts.
-  config = ml_collections.ConfigDict(defaults).copy_and_resolve_references()
-  recorded = {**implicit_values_of_absent_keys(recorded), **recorded}
-  for key, value in recorded.items():
-    set_dotted(config, key, value)
-  return config
-
-
 def as_dict(config: Mapping) -> Dict[str, Any]:
   return json.loads(json.dumps(flatten(config)))

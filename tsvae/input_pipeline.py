@@ -471,6 +471,53 @@ def _is_train_split(split: str) -> bool:
 # Training and evaluation image datasets.
 
 
+def _in_memory_image_epoch(builder, split, dataset, global_batch_size, shuffle_seed, epoch,
+                           skip_batches, drop_remainder, process_index, process_count, cache,
+                           outliers, base_seed) -> tf.data.Dataset:
+  """`make_image_dataset`'s epoch of an in-memory data set (the whole split held as uint8)."""
+  local_batch = _local_batch_size(global_batch_size, process_count)
+  images = _load_uint8(builder, split, dataset, 0, 1, cache)  # Whole split: see below.
+  _check_nonempty_epoch(len(images) // process_count, local_batch, drop_remainder,
+                        f'{dataset}[{split}]')
+  arrays = {'image': images}
+  if outliers:  # The global index in the stored split identifies the example.
+    arrays['index'] = np.arange(len(images), dtype=np.int64)
+  ds = _in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch,
+                        process_index, process_count, int(skip_batches), drop_remainder)
+  if not outliers:
+    return ds.map(lambda ex: {'image': _to_float(ex['image'])},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.unbatch().map(
+      lambda ex: {'image': _corrupt_one(_to_float(ex['image']), ex['index'], outliers,
+                                        base_seed)},
+      num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch, drop_remainder=drop_remainder)
+
+
+def _streamed_image_epoch(builder, split, dataset, local_batch, shuffle_seed, epoch,
+                          skip_batches, drop_remainder, process_index, process_count,
+                          shuffle_buffer, outliers, base_seed) -> tf.data.Dataset:
+  """`make_image_dataset`'s epoch of a streamed data set (this process's shard of `split`)."""
+  ds = _streaming_examples(builder, _process_split(split, process_index, process_count),
+                           shuffle_seed=shuffle_seed, epoch=epoch,
+                           process_index=process_index, shuffle_buffer=shuffle_buffer,
+                           with_ids=bool(outliers))
+  _check_nonempty_epoch(int(ds.cardinality()), local_batch, drop_remainder,
+                        f'{dataset}[{split}]')
+  ds = ds.skip(int(skip_batches) * local_batch)
+  decode = _image_decoder(builder)
+  if outliers:
+    # The tfds id ('<file>__<record>') names the example whatever the order or sharding.
+    id_key = [base_seed & 0xFFFF_FFFF, base_seed >> 32]
+    ds = ds.map(lambda tfds_id, encoded: {'image': _corrupt_one(
+        preprocess_image(decode(encoded), dataset),
+        tf.strings.to_hash_bucket_strong(tfds_id, 2**62, key=id_key), outliers, base_seed)},
+                num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    ds = ds.map(lambda encoded: {'image': preprocess_image(decode(encoded), dataset)},
+                num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(local_batch, drop_remainder=drop_remainder)
+
+
 def make_image_dataset(builder,
                        split: str,
                        *,
@@ -530,42 +577,13 @@ def make_image_dataset(builder,
   base_seed = _outlier_base_seed(outlier_seed)
 
   if in_memory:
-    images = _load_uint8(builder, split, dataset, 0, 1, cache)  # Whole split: see below.
-    _check_nonempty_epoch(len(images) // process_count, local_batch, drop_remainder,
-                          f'{dataset}[{split}]')
-    arrays = {'image': images}
-    if outliers:  # The global index in the stored split identifies the example.
-      arrays['index'] = np.arange(len(images), dtype=np.int64)
-    ds = _in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch,
-                          process_index, process_count, int(skip_batches), drop_remainder)
-    if outliers:
-      ds = ds.unbatch().map(
-          lambda ex: {'image': _corrupt_one(_to_float(ex['image']), ex['index'], outliers,
-                                            base_seed)},
-          num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch, drop_remainder=drop_remainder)
-    else:
-      ds = ds.map(lambda ex: {'image': _to_float(ex['image'])},
-                  num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _in_memory_image_epoch(builder, split, dataset, global_batch_size, shuffle_seed, epoch,
+                                skip_batches, drop_remainder, process_index, process_count,
+                                cache, outliers, base_seed)
   else:
-    ds = _streaming_examples(builder, _process_split(split, process_index, process_count),
-                             shuffle_seed=shuffle_seed, epoch=epoch,
-                             process_index=process_index, shuffle_buffer=shuffle_buffer,
-                             with_ids=bool(outliers))
-    _check_nonempty_epoch(int(ds.cardinality()), local_batch, drop_remainder,
-                          f'{dataset}[{split}]')
-    ds = ds.skip(int(skip_batches) * local_batch)
-    decode = _image_decoder(builder)
-    if outliers:
-      # The tfds id ('<file>__<record>') names the example whatever the order or sharding.
-      id_key = [base_seed & 0xFFFF_FFFF, base_seed >> 32]
-      ds = ds.map(lambda tfds_id, encoded: {'image': _corrupt_one(
-          preprocess_image(decode(encoded), dataset),
-          tf.strings.to_hash_bucket_strong(tfds_id, 2**62, key=id_key), outliers, base_seed)},
-                  num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-      ds = ds.map(lambda encoded: {'image': preprocess_image(decode(encoded), dataset)},
-                  num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=drop_remainder)
+    ds = _streamed_image_epoch(builder, split, dataset, local_batch, shuffle_seed, epoch,
+                               skip_batches, drop_remainder, process_index, process_count,
+                               shuffle_buffer, outliers, base_seed)
   ds = ds.with_options(_deterministic_options())
   return ds.prefetch(tf.data.AUTOTUNE)
 

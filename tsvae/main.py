@@ -8,8 +8,6 @@ finished ones. Exit status: 0 done, 2 bad input (config, data, workdir, checkpoi
 changed), 3 NaN/Inf during training, 75 stopped by SIGTERM after a checkpoint (rerun resumes).
 """
 
-import sys
-
 # Before JAX/TensorFlow start their threads (see hostmem): keeps XLA:CPU's per-step temp
 # buffer mapped between steps. TSVAE_TUNE_MALLOC=0 turns it off.
 from tsvae import hostmem  # pylint: disable=g-bad-import-order
@@ -22,13 +20,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from tsvae import checkpointing
 from tsvae import cli
-from tsvae import config_lib
-from tsvae import input_pipeline
 from tsvae import metric_logging
-from tsvae import train
-from tsvae import two_stage
+from tsvae import pipeline
 
 FLAGS = flags.FLAGS
 
@@ -43,8 +37,8 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
 flags.DEFINE_integer('process_id', None, 'This process (multi-host).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-BAD_INPUT_EXIT_CODE = 2
-NON_FINITE_EXIT_CODE = 3
+BAD_INPUT_EXIT_CODE = cli.BAD_INPUT_EXIT_CODE
+NON_FINITE_EXIT_CODE = cli.NON_FINITE_EXIT_CODE
 
 
 def main(argv):
@@ -61,17 +55,7 @@ def main(argv):
   logging.info('JAX %s: %d process(es), %d local / %d global devices (%s)', jax.__version__,
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  try:
-    two_stage.run(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, input_pipeline.DataError,
-          checkpointing.CheckpointError) as e:
-    cli.fail(f'tsvae: {e}', BAD_INPUT_EXIT_CODE)
-  except train.NonFiniteError as e:
-    cli.fail(f'tsvae: {e}', NON_FINITE_EXIT_CODE)
-  except train.Preempted as e:
-    logging.warning(e.message)
-    print(f'tsvae: {e.message}', file=sys.stderr)
-    sys.exit(train.PREEMPTED_EXIT_CODE)
+  cli.run_command('tsvae', lambda: pipeline.run(FLAGS.config, FLAGS.workdir))
 
 
 if __name__ == '__main__':

@@ -77,6 +77,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
+def host_local(x):
+  """This process's copy of a replicated (possibly multi-process) array, as numpy; other values
+  as they are."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x
+
+
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
   """This process's slice of the global batch → a global jax.Array sharded on 'data'."""
   sharding = batch_sharded(mesh)
@@ -397,6 +403,81 @@ def _check_finite(stage: str, step_metrics, first_step: int, last_good: Optional
         'data, or set --config.nan_policy=skip to skip such steps.')
 
 
+def restore_checkpoint(ckpt: checkpointing.StageCheckpointer, step: int, template: TrainState,
+                       mesh: Mesh) -> TrainState:
+  """Checkpoint `step` in the structure of `template`, one replicated global array per leaf."""
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), template)
+  state, _ = ckpt.restore(step, abstract)
+  # Host values (identical in every process) → one replicated global array per leaf.
+  return jax.device_put(jax.device_get(state), replicated(mesh))
+
+
+def restore_state(template: TrainState, workdir: str, stage: str, step: int, *, mesh: Mesh,
+                  experiment_fingerprint: str) -> TrainState:
+  """Checkpoint `step` of `stage` in `workdir` (verified, fingerprint-checked), replicated."""
+  ckpt = checkpointing.StageCheckpointer(workdir, stage,
+                                         experiment_fingerprint=experiment_fingerprint)
+  try:
+    return restore_checkpoint(ckpt, step, template, mesh)
+  finally:
+    ckpt.close()
+
+
+def _initial_state(spec: StageSpec, ckpt: checkpointing.StageCheckpointer,
+                   tx: optax.GradientTransformation, mesh: Mesh):
+  """(the stage's state: its latest checkpoint or fresh from the stage's key, replicated; the
+  latest checkpoint's step or None)."""
+  state = create_train_state(spec.model, spec.example_input, base_rng=spec.base_rng, tx=tx)
+  last_good = ckpt.latest_step()
+  if last_good is not None:
+    return restore_checkpoint(ckpt, last_good, state, mesh), last_good
+  return jax.device_put(jax.device_get(state), replicated(mesh)), None
+
+
+def _objective_of(spec: StageSpec) -> losses.Objective:
+  """The stage's objective; None in the spec is the reference ELBO of the stage config."""
+  if spec.objective is not None:
+    return spec.objective
+  return losses.make_objective('vae', reconstruction_loss=spec.config.reconstruction_loss,
+                               beta=spec.config.beta)
+
+
+def _boundaries(steps_per_epoch: int, num_steps: int, log_every_steps: int,
+                checkpoint_every_steps: int) -> Callable[[int], int]:
+  """step → the first boundary after it that a call may not cross (epoch end, the stage's
+  end, the next log or checkpoint step)."""
+  def next_stop(at_step):
+    epoch_end = (at_step // steps_per_epoch + 1) * steps_per_epoch
+    return min(epoch_end, num_steps, (at_step // log_every_steps + 1) * log_every_steps,
+               (at_step // checkpoint_every_steps + 1) * checkpoint_every_steps)
+  return next_stop
+
+
+def _log_window(writer, spec: StageSpec, learning_rate, state: TrainState, step: int,
+                num_steps: int, epoch: int, host_metrics, steps_per_sec: float):
+  """Writes the mean metrics of the steps since the last log line (metrics.jsonl, TensorBoard,
+  the progress line)."""
+  mean = {k: float(np.mean([m[k] for m in host_metrics]))
+          for k in host_metrics[0] if k != 'finite'}
+  mean['learning_rate'] = float(learning_rate)
+  mean['steps_per_sec'] = steps_per_sec
+  mean['examples_per_sec'] = steps_per_sec * spec.examples_per_batch
+  mean['epoch'] = epoch
+  mean['num_skipped'] = float(state.num_skipped)
+  writer.write_scalars(step, mean)
+  metric_logging.log_progress(spec.name, step, num_steps, epoch, mean, steps_per_sec,
+                              mean['examples_per_sec'])
+
+
+def _after_steps(stage: str, steps, on_step: Optional[Callable[[int], None]]):
+  """Per step run by the last call: the fault-injection point, then the caller's hook."""
+  for called in steps:
+    faults.kill_here(f'{stage}.step', called)
+    if on_step is not None:
+      on_step(called)
+
+
 def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerprint: str,
                 log_every_steps: int, checkpoint_every_steps: int, keep_checkpoints: int,
                 nan_policy: str = 'error', target_steps: Optional[int] = None,
@@ -406,8 +487,7 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
 
   Resumes from the stage's latest checkpoint; the data order and the noise of step t are pure
   functions of (seed, stage, t), so a resumed run continues exactly like an uninterrupted one.
-  `target_steps` overrides the number of steps the config asks for (a completed stage passes its
-  final step, so that it is only restored).
+  `target_steps` overrides the number of steps the config asks for (e.g. a study's milestone).
 
   `steps_per_call` > 1 runs up to that many steps per jitted call (`lax.scan`), on the
   device-resident `spec.device_data` when there is one, else on stacked host batches. A call
@@ -419,45 +499,25 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
   if steps_per_call < 1:
     raise ValueError(f'steps_per_call must be >= 1, got {steps_per_call}.')
   schedule = lr_schedule(spec.config, spec.steps_per_epoch)
-  tx = make_optimizer(schedule)
-  state = create_train_state(spec.model, spec.example_input, base_rng=spec.base_rng, tx=tx)
   ckpt = checkpointing.StageCheckpointer(
       workdir, spec.name, experiment_fingerprint=experiment_fingerprint,
       max_to_keep=keep_checkpoints)
-  last_good = ckpt.latest_step()
-  if last_good is not None:
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), state)
-    state, _ = ckpt.restore(last_good, abstract)
-  # Host values (identical in every process) → one replicated global array per leaf.
-  state = jax.device_put(jax.device_get(state), replicated(mesh))
-
+  state, last_good = _initial_state(spec, ckpt, make_optimizer(schedule), mesh)
   num_steps = (target_steps if target_steps is not None
                else total_steps(spec.config, spec.steps_per_epoch))
   step = int(state.step)
   logging.info('%s: step %d of %d (%d steps per epoch, %d epochs)', spec.name, step,
                num_steps, spec.steps_per_epoch, spec.config.num_epochs)
-  objective = spec.objective
-  if objective is None:  # The reference ELBO of the stage config.
-    objective = losses.make_objective('vae', reconstruction_loss=spec.config.reconstruction_loss,
-                                      beta=spec.config.beta)
   train_step = make_train_step(spec.model, prepare_input=spec.prepare_input,
-                               objective=objective, nan_policy=nan_policy)
+                               objective=_objective_of(spec), nan_policy=nan_policy)
   if step >= num_steps:  # Nothing to train: the stage is only restored.
     ckpt.close()
     return state
   epoch_calls = _epoch_calls(spec, train_step, mesh, steps_per_call)
   writer = metric_logging.create_writer(workdir, spec.name)
 
-  def save(at_step):
-    ckpt.save(at_step, state, {'epoch': at_step // spec.steps_per_epoch})
-
-  def next_stop(at_step):
-    """The first boundary after `at_step` that a call may not cross."""
-    epoch_end = (at_step // spec.steps_per_epoch + 1) * spec.steps_per_epoch
-    return min(epoch_end, num_steps, (at_step // log_every_steps + 1) * log_every_steps,
-               (at_step // checkpoint_every_steps + 1) * checkpoint_every_steps)
-
+  next_stop = _boundaries(spec.steps_per_epoch, num_steps, log_every_steps,
+                         checkpoint_every_steps)
   pending = []  # Device metrics of the calls since the last host check.
   window_start_time, window_start_step = time.time(), step
   eta_probe = EtaProbe(spec.name, first_step=step, num_steps=num_steps,
@@ -471,10 +531,7 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
           pending.append(metrics)
           first_called, step = step + 1, step + num_called
           eta_probe.after_step(step, metrics)
-          for called in range(first_called, step + 1):
-            faults.kill_here(f'{spec.name}.step', called)
-            if on_step is not None:
-              on_step(called)
+          _after_steps(spec.name, range(first_called, step + 1), on_step)
           log_now = step % log_every_steps == 0 or step == num_steps
           save_now = step % checkpoint_every_steps == 0 or step == num_steps
           if log_now or save_now or sigterm.raised:
@@ -483,26 +540,18 @@ def train_stage(spec: StageSpec, *, mesh: Mesh, workdir: str, experiment_fingerp
                           nan_policy)
             pending = []
             if log_now:
-              now = time.time()
-              steps_per_sec = (step - window_start_step) / max(now - window_start_time, 1e-9)
-              mean = {k: float(np.mean([m[k] for m in host_metrics]))
-                      for k in host_metrics[0] if k != 'finite'}
-              mean['learning_rate'] = float(schedule(step - 1))
-              mean['steps_per_sec'] = steps_per_sec
-              mean['examples_per_sec'] = steps_per_sec * spec.examples_per_batch
-              mean['epoch'] = epoch
-              mean['num_skipped'] = float(state.num_skipped)
-              writer.write_scalars(step, mean)
-              metric_logging.log_progress(spec.name, step, num_steps, epoch, mean,
-                                          steps_per_sec, mean['examples_per_sec'])
+              steps_per_sec = (step - window_start_step) / max(
+                  time.time() - window_start_time, 1e-9)
+              _log_window(writer, spec, schedule(step - 1), state, step, num_steps, epoch,
+                          host_metrics, steps_per_sec)
               window_start_time, window_start_step = time.time(), step
             if save_now or sigterm.raised:
-              save(step)
+              ckpt.save(step, state, {'epoch': step // spec.steps_per_epoch})
               last_good = step
           if sigterm.raised:
             ckpt.wait()
             raise Preempted(f'{spec.name}: stopped by SIGTERM after step {step}; checkpoint '
-                            f'saved. Rerun the same command to resume.')
+                            'saved. Rerun the same command to resume.')
           if step >= num_steps:
             break
         if step == epoch_start_step:

@@ -1,7 +1,7 @@
 """One writer per workdir: a kernel lock on POSIX file systems, an expiring lease on gs://.
 
 `hold(workdir, command)` is taken by every command that writes into a workdir (`tsvae.main`
-through `two_stage.Experiment.run`, `tsvae.evaluate`, `tsvae.sample`), after its read-only
+through `pipeline.run`, `tsvae.evaluate`, `tsvae.sample`), after its read-only
 checks and before its first write. A second writer gets `WorkdirBusy` (a ConfigError: exit
 status 2) before any compute, naming the holder, and changes nothing. Readers (TensorBoard, a
 notebook reading metrics.jsonl) take no lock and are never blocked.

@@ -38,6 +38,7 @@ import optax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tsvae import batching
 from tsvae import fileio
 from tsvae import input_pipeline
 
@@ -276,19 +277,11 @@ class Classifier:
     images = np.asarray(images)
     x = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else (
         images.astype(np.float32))
-    b = self.batch_size
-    logits, feats = [], []
-    for start in range(0, len(x), b):
-      chunk = x[start:start + b]
-      m = len(chunk)
-      if m < b:
-        chunk = np.concatenate([chunk, np.zeros((b - m,) + chunk.shape[1:], chunk.dtype)])
-      lo, fe = jax.device_get(_apply(self.model, self.variables, chunk))
-      logits.append(lo[:m])
-      feats.append(fe[:m])
-    if not feats:
+    if not len(x):
       return np.zeros((0, NUM_CLASSES), np.float32), np.zeros((0, self.recipe.dense), np.float32)
-    return np.concatenate(logits), np.concatenate(feats)
+    return batching.map_padded(
+        lambda chunk: jax.device_get(_apply(self.model, self.variables, chunk)), x,
+        self.batch_size)
 
   def features(self, images: np.ndarray) -> np.ndarray:
     """Penultimate features [N, dense] of images (uint8, or float in [0, 1])."""

@@ -34,23 +34,6 @@ def active_dims(sigma: np.ndarray, threshold: float = 0.05) -> Dict[str, object]
           'threshold': float(threshold)}
 
 
-def map_padded(fn: Callable[[np.ndarray], object], x: np.ndarray, batch_size: int):
-  """fn over x in batches of exactly `batch_size` (the last one zero-padded), so that a jitted
-  fn compiles one shape; its outputs (an array or a tuple of arrays) trimmed and concatenated."""
-  outs = []
-  for start in range(0, len(x), batch_size):
-    chunk = x[start:start + batch_size]
-    n = len(chunk)
-    if n < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-    out = fn(chunk)
-    outs.append(tuple(np.asarray(o)[:n] for o in out) if isinstance(out, tuple)
-                else np.asarray(out)[:n])
-  if outs and isinstance(outs[0], tuple):
-    return tuple(np.concatenate(parts) for parts in zip(*outs))
-  return np.concatenate(outs)
-
-
 def _kernel_sum(a: np.ndarray, b: np.ndarray, h2: float, block: int = 1024) -> float:
   """Σ_ij exp(−‖a_i − b_j‖² / (2 h²)) in float64, in row blocks."""
   b2 = np.sum(b * b, axis=1)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from tsvae.metrics import diagnostics
+from tsvae import batching
 
 DEFAULT_COMPONENTS = 10
 COVARIANCE_TYPE = 'full'
@@ -105,7 +105,7 @@ def generate(decode: Callable[[np.ndarray], np.ndarray], gmm: Mixture, num: int,
   With `pixel_noise_std`, x ~ N(mean, std² I) clipped to [0, 1] instead of the mean (the
   `sampling.pixel_noise` option of the other sample sets).
   """
-  images = diagnostics.map_padded(decode, sample(gmm, num, seed), int(batch_size))
+  images = batching.map_padded(decode, sample(gmm, num, seed), int(batch_size))
   if pixel_noise_std is not None:
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFF_FFFF,
                                                         _SAMPLE_PURPOSE + 1]))

@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from tsvae.metrics import diagnostics
+from tsvae import batching
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -542,7 +542,7 @@ class FeatureExtractor:
       progress.update(done)
       return out
 
-    return diagnostics.map_padded(features, images, self.batch_size)
+    return batching.map_padded(features, images, self.batch_size)
 
 def random_variables(seed: int = 0) -> Dict[str, Any]:
   """He-initialised random weights with unit BN statistics (for tests without the file)."""
