@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from testdata import BASELINE_DIM as DIM, BASELINE_X as X  # pylint: disable=g-multiple-import
+from testdata import tiny_deterministic_ae as _deterministic, tiny_flow_vae as _flow_vae
 from tsvae import models
 from tsvae import generation
 from tsvae import latents
@@ -18,7 +20,6 @@ from tsvae import train
 from tsvae.models import baselines
 from tsvae.models import layers
 from tsvae.models import resnet
-from tsvae.models.stage2 import Stage2Decoder, Stage2Encoder
 from tsvae.models.vae import VAE
 
 
@@ -323,19 +324,6 @@ def test_stage2_shapes_and_concat_heads():
 # Stage-1 baselines (issue #4): VAE + IAF, deterministic encoders (WAE-MMD, RAE)
 # ----------------------------------------------------------------------------------
 
-DIM = 4  # Data and code dimension of the dense test models.
-X = np.random.default_rng(0).normal(size=(8, DIM)).astype(np.float32)
-
-
-def _flow_vae(steps=2, hidden=8):
-  return baselines.FlowVAE(encoder=Stage2Encoder(DIM, 1, 8), decoder=Stage2Decoder(DIM, 1, 8),
-                           gamma_name='loggamma_x', flow_steps=steps, flow_hidden=hidden)
-
-
-def _deterministic():
-  return baselines.DeterministicAE(
-      encoder=baselines.DeterministicEncoder(Stage2Encoder(DIM, 1, 8)),
-      decoder=Stage2Decoder(DIM, 1, 8), gamma_name='loggamma_x', gamma_mode='running_mse')
 
 
 def _init_dense(model, x=X):

@@ -116,3 +116,27 @@ def tiny_stage1_model(arch, image_shape, latent_dim, gamma=None, model='vae', mo
   del arch, arch_kwargs
   return models.build_stage1_model(model, TinyEncoder(latent_dim),
                                    TinyDecoder(tuple(image_shape)), gamma, model_kwargs)
+
+
+# ------------------------------------------------------------ dense stage-1 baseline models
+
+from tsvae.models import baselines  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tsvae.models.stage2 import Stage2Decoder, Stage2Encoder  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+BASELINE_DIM = 4  # Data and code dimension of the dense baseline test models.
+BASELINE_X = np.random.default_rng(0).normal(size=(8, BASELINE_DIM)).astype(np.float32)
+
+
+def tiny_flow_vae(steps=2, hidden=8):
+  """A dense VAE + IAF on BASELINE_DIM-d data."""
+  return baselines.FlowVAE(
+      encoder=Stage2Encoder(BASELINE_DIM, 1, 8), decoder=Stage2Decoder(BASELINE_DIM, 1, 8),
+      gamma_name='loggamma_x', flow_steps=steps, flow_hidden=hidden)
+
+
+def tiny_deterministic_ae():
+  """A dense deterministic autoencoder (the WAE-MMD / RAE family) on BASELINE_DIM-d data."""
+  return baselines.DeterministicAE(
+      encoder=baselines.DeterministicEncoder(Stage2Encoder(BASELINE_DIM, 1, 8)),
+      decoder=Stage2Decoder(BASELINE_DIM, 1, 8), gamma_name='loggamma_x',
+      gamma_mode='running_mse')

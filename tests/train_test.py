@@ -10,12 +10,12 @@ import numpy as np
 import optax
 import pytest
 
+from testdata import BASELINE_X as X
+from testdata import tiny_deterministic_ae as _deterministic, tiny_flow_vae as _flow_vae
 from tsvae import losses
 from tsvae import models
 from tsvae import generation
 from tsvae import train
-from tsvae.models import baselines
-from tsvae.models.stage2 import Stage2Decoder, Stage2Encoder
 from tsvae.models.vae import VAE
 
 # The reference ELBO (gaussian reconstruction, β = 1): train_stage's objective for a
@@ -277,19 +277,6 @@ def test_non_finite_gradient_is_flagged():
 # ---------------------------------------------------------------- stage-1 baselines
 
 
-DIM = 4  # Data and code dimension of the dense test models.
-X = np.random.default_rng(0).normal(size=(8, DIM)).astype(np.float32)
-
-
-def _flow_vae(steps=2, hidden=8):
-  return baselines.FlowVAE(encoder=Stage2Encoder(DIM, 1, 8), decoder=Stage2Decoder(DIM, 1, 8),
-                           gamma_name='loggamma_x', flow_steps=steps, flow_hidden=hidden)
-
-
-def _deterministic():
-  return baselines.DeterministicAE(
-      encoder=baselines.DeterministicEncoder(Stage2Encoder(DIM, 1, 8)),
-      decoder=Stage2Decoder(DIM, 1, 8), gamma_name='loggamma_x', gamma_mode='running_mse')
 
 
 @pytest.mark.parametrize('name', ['vae_flow', 'wae_mmd', 'rae'])
