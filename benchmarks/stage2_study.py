@@ -337,12 +337,13 @@ def references(args, config, experiment, state1, codes, scorer, base, queue):
   """Stage-1 prior samples, ex-post GMM samples and reconstructions (the fixed references)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from tsvae import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
   from tsvae import generation  # pylint: disable=g-import-not-at-top
   from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
   from tsvae.metrics import expost_gmm  # pylint: disable=g-import-not-at-top
   v1 = generation.variables_of(state1)
   n, batch = args.num_samples, int(config.eval.batch_size)
-  rng = jax.random.fold_in(experiment.root_rng, 19)
+  rng = experiment.rng(experiment_lib.Stream.STUDY_REFERENCES)
   r1, rr = jax.random.split(rng)
   rows = _metric_rows(stage1_workdir(args), 'stage1')
   info = {'stage1_step': int(state1.step), 'stage1_train_seconds': training_seconds(rows),
@@ -434,7 +435,7 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
   spec = stages.stage2_spec(experiment)
   v1 = generation.variables_of(state1)
   n, batch = args.num_samples, int(config.eval.batch_size)
-  rng = jax.random.fold_in(experiment.root_rng, 20)
+  rng = experiment.rng(experiment_lib.Stream.STUDY_STAGE2)
   r2, rz, ru = jax.random.split(rng, 3)
   mu, sigma = codes
   pick = np.sort(np.random.default_rng(0).choice(len(mu), min(n, len(mu)), replace=False))

@@ -32,6 +32,8 @@ class Stream(enum.IntEnum):
   EVALUATION = 4  # The evaluation's sample sets and codes (then folded with eval.seed).
   NOISE_SCALES = 5  # tsvae.sample --stage2_noise_scales.
   MEAN_VS_ANCESTRAL = 6  # tsvae.sample's mean-vs-ancestral grid (was 4: the evaluation's).
+  STUDY_REFERENCES = 19  # benchmarks/stage2_study.py: stage-1, GMM and reconstruction sets.
+  STUDY_STAGE2 = 20  # benchmarks/stage2_study.py: stage-2 sets and codes at each milestone.
 
 
 def barrier(name: str):

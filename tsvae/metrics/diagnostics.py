@@ -16,9 +16,12 @@
   dims).
 """
 
+import io
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
+
+from tsvae import fileio
 
 BANDWIDTH_RULE = ('Gaussian kernel k(a,b) = exp(-||a-b||^2 / (2 h^2)) with h^2 = kappa (the code '
                   'dimension); unbiased U-statistic estimate of MMD^2 between n codes and n '
@@ -122,8 +125,6 @@ def _pyplot():
 
 
 def _save(fig, path: str):
-  import io  # pylint: disable=g-import-not-at-top
-  from tsvae import fileio  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png', dpi=100, bbox_inches='tight')
   fileio.atomic_write_bytes(path, buffer.getvalue())
