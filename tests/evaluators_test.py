@@ -122,3 +122,41 @@ def test_fid_path_with_weights_available(evaluated_run, random_inception, monkey
   assert len(cached) == 2
   assert cached[0].startswith('mnist_test_n8_seed0_tf_graph_float32_wffff')
   assert cached[1].startswith('mnist_train_n8_seed0_tf_graph_float32_wffff')
+
+
+def _latent_map_inputs(tmp_path, latent_dim):
+  """EvalInputs of an untrained κ-d stage 1 on mock MNIST: what `latent_map` reads."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from tsvae import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  from tsvae import generation  # pylint: disable=g-import-not-at-top
+  from tsvae import train  # pylint: disable=g-import-not-at-top
+  from tsvae.evaluators import common  # pylint: disable=g-import-not-at-top
+  setup = experiment_lib.setup(tiny_config(latent_dim=latent_dim), str(tmp_path))
+  state = train.create_train_state(setup.model1, np.zeros((1, 28, 28, 1), np.float32),
+                                   base_rng=jax.random.PRNGKey(0), tx=optax.sgd(0.0))
+  blank = np.zeros((0,))
+  return common.EvalInputs(
+      config=setup.config, model1=setup.model1, variables1=generation.variables_of(state),
+      model2=None, variables2=None, stage2_reason='none', mu=np.zeros((4, latent_dim)),
+      sigma=np.ones((4, latent_dim)), test_uint8=np.zeros((4, 28, 28, 1), np.uint8),
+      train_uint8=blank, generated={}, missing={}, gmm=None, gmm_grid=None, num_requested=4,
+      stage1_step=0, stage2_step=None, builder=setup.builder, rng_codes=None, rng_u=None,
+      cache_dir=str(tmp_path), write=True)
+
+
+def test_latent_map_of_a_two_dimensional_latent_space(tmp_path):
+  """κ = 2: one plot, μ_z of every labelled test image beside decoded grid images; else none."""
+  from tsvae.evaluators import common  # pylint: disable=g-import-not-at-top
+  from tsvae.evaluators import latent_diagnostics  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=12):
+    items = list(latent_diagnostics.latent_map(_latent_map_inputs(tmp_path / 'k2', 2)))
+    assert not list(latent_diagnostics.latent_map(_latent_map_inputs(tmp_path / 'k8', 8)))
+  assert [key for key, _ in items] == ['latent_map']
+  plot = items[0][1]
+  assert isinstance(plot, common.Plot) and plot.filename == 'latent_map.png'
+  path = str(tmp_path / 'latent_map.png')
+  plot.draw(path)
+  picture = np.asarray(Image.open(path))
+  assert picture.shape[1] > picture.shape[0] > 300 and picture.std() > 0

@@ -5,7 +5,8 @@ r"""Evaluates a finished Two-Stage VAE workdir: FID, the proxy FD, the paper's d
   python -m tsvae.evaluate --fetch_weights     # only fetch the FID weights into the cache
 
 Writes <workdir>/eval/metrics.json and the plots sigma2_hist.png, singular_values.png,
-latent_sweep.png, latent_sweep_images.png and samples_gmm.png under <workdir>/eval/. `tsvae.main`
+latent_sweep.png, latent_sweep_images.png, samples_gmm.png and, for latent_dim=2, latent_map.png
+under <workdir>/eval/. `tsvae.main`
 runs the same evaluation (`tsvae.evaluators.evaluate`) at the end of a run when
 config.eval.enabled.
 

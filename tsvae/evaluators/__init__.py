@@ -3,7 +3,8 @@
   record              the run's record: data set, sample counts, protocol, steps, GMM
   proxy_fd            proxy FD of every sample set (the project's classifier)
   fid                 FID of every sample set (the paper's protocol)
-  latent_diagnostics  active dims, MMD² and singular values of z and u, latent sweep, γ's
+  latent_diagnostics  active dims, MMD² and singular values of z and u, latent sweep, γ's,
+                      the GMM's samples, and the latent map of a κ = 2 model
 
 `evaluate(setup, state1, state2)` gathers their inputs once (`inputs.gather`), runs them in
 order and writes <workdir>/eval/metrics.json and the plots (process 0).
@@ -30,6 +31,7 @@ EVALUATORS = (
     ('latent_match', latent_diagnostics.latent_match),
     ('latent_sweep', latent_diagnostics.latent_sweep),
     ('gmm_samples', latent_diagnostics.gmm_samples),
+    ('latent_map', latent_diagnostics.latent_map),
 )
 
 

@@ -1,5 +1,6 @@
 """The paper's diagnostics as numbers and figures: active dims, the codes' match to N(0, I)
-(MMD², singular values) at both stages, the decoder's latent sweep, and the final γ's."""
+(MMD², singular values) at both stages, the decoder's latent sweep, the final γ's, and for a
+two-dimensional latent space the latent map."""
 
 from typing import Any, Iterator, Tuple
 
@@ -10,6 +11,7 @@ from tsvae import generation
 from tsvae import images as images_lib
 from tsvae import latents
 from tsvae.evaluators import common
+from tsvae.metrics import classifier as classifier_lib
 from tsvae.metrics import diagnostics
 
 
@@ -110,3 +112,25 @@ def gmm_samples(inputs: common.EvalInputs) -> Iterator[Tuple[str, Any]]:
   if grid is not None:
     yield 'samples_gmm', common.Plot('samples_gmm.png', lambda path: images_lib.save_grid(
         path, grid, int(np.ceil(np.sqrt(len(grid))))))
+
+
+LATENT_MAP_EXTENT = 3.0
+LATENT_MAP_SIDE = 15
+
+
+def latent_map(inputs: common.EvalInputs) -> Iterator[Tuple[str, Any]]:
+  """κ = 2 only: latent_map.png, μ_z of the test images coloured by label beside the decoder's
+  images over a grid of z (`diagnostics.plot_latent_map`)."""
+  if inputs.mu.shape[1] != 2:
+    return
+  try:
+    images, labels = classifier_lib.load_labeled(inputs.builder, 'test', inputs.config.dataset)
+  except classifier_lib.ClassifierUnavailable:  # No labels (CelebA): one colour.
+    images, labels = inputs.test_uint8, None
+  mu, _ = latents.encode(inputs.model1, inputs.variables1, images.astype(np.float32) / 255.0,
+                         inputs.batch_size)
+  grid = np.asarray(generation.decode(
+      inputs.model1, inputs.variables1,
+      diagnostics.latent_grid_codes(LATENT_MAP_SIDE, LATENT_MAP_EXTENT)))
+  yield 'latent_map', common.Plot('latent_map.png', lambda path: diagnostics.plot_latent_map(
+      path, mu, labels, grid, LATENT_MAP_EXTENT))

@@ -22,6 +22,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 
 from tsvae import fileio
+from tsvae import images as images_lib
 
 BANDWIDTH_RULE = ('Gaussian kernel k(a,b) = exp(-||a-b||^2 / (2 h^2)) with h^2 = kappa (the code '
                   'dimension); unbiased U-statistic estimate of MMD^2 between n codes and n '
@@ -184,5 +185,44 @@ def plot_latent_sweep(path: str, variances: np.ndarray, active: Sequence[int]):
   ax.set_xlabel('latent dim (blue: active)')
   ax.set_ylabel('decoded-image variance')
   ax.set_title('Image variance when sweeping one latent dim over [-3, 3]')
+  _save(fig, path)
+  plt.close(fig)
+
+
+def latent_grid_codes(num_per_side: int = 15, extent: float = 3.0) -> np.ndarray:
+  """Codes on a num_per_side² grid over [-extent, extent]², row-major with z_2 decreasing down
+  the rows and z_1 increasing along them (as the image grid is drawn)."""
+  values = np.linspace(-extent, extent, num_per_side, dtype=np.float32)
+  z1, z2 = np.meshgrid(values, values[::-1])
+  return np.stack([z1.ravel(), z2.ravel()], axis=1)
+
+
+def plot_latent_map(path: str, mu: np.ndarray, labels: Optional[np.ndarray],
+                    grid_images: np.ndarray, extent: float):
+  """A κ = 2 model at a glance: left, μ_z of the images (coloured by label when there are
+  labels) with the prior's 1σ and 2σ circles; right, the decoder's images over the grid of
+  `latent_grid_codes` on the same axes. Holes of q(z) inside the circles are where prior
+  samples decode to nothing the data has."""
+  plt = _pyplot()
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 6))
+  colors = None if labels is None else np.asarray(labels)
+  points = left.scatter(mu[:, 0], mu[:, 1], c=colors, s=2, cmap='tab10', alpha=0.6,
+                        rasterized=True)
+  if labels is not None:
+    left.legend(*points.legend_elements(), title='label', loc='upper right', fontsize=7)
+  for radius in (1.0, 2.0):
+    left.add_patch(plt.Circle((0, 0), radius, fill=False, ls='--', color='k', lw=0.8))
+  for ax in (left, right):
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_xlabel('z_1')
+    ax.set_ylabel('z_2')
+    ax.set_aspect('equal')
+  left.set_title(f'mu_z of {len(mu)} images (dashed: N(0, I) at 1 and 2 sigma)')
+  side = int(round(np.sqrt(len(grid_images))))
+  grid = images_lib.make_grid(grid_images, side, pad=0)
+  right.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap='gray',
+               extent=(-extent, extent, -extent, extent))
+  right.set_title('decoder mean over a grid of z')
   _save(fig, path)
   plt.close(fig)
