@@ -68,6 +68,9 @@ def parse_args(argv=None):
   p.add_argument('--bn_zero_debias', default='on', choices=('on', 'off'),
                  help="stage 1: BatchNorm averages bias-corrected (config.stage1.bn_zero_debias; "
                  "'on' is the training default, 'off' the plain EMA)")
+  p.add_argument('--compute_dtype', default='float32', choices=('float32', 'bfloat16'),
+                 help="config.stageN.compute_dtype: the dtype of the nets' matmuls and "
+                 "convolutions (float32 parameters, loss and BatchNorm either way)")
   p.add_argument('--input_dtype', default='float32', choices=('float32', 'uint8'),
                  help='dtype of the host batches fed to the step (the pipeline yields float32)')
   p.add_argument('--steps', type=int, default=20, help='steps per timed run')
@@ -239,11 +242,13 @@ def run_step(args):
   if args.mode == 'stage1':
     model = models.make_stage1_model(args.arch, image_shape(args), args.latent_dim,
                                      fast_vjp=not args.no_fast_vjp,
-                                     bn_zero_debias=args.bn_zero_debias == 'on')
+                                     bn_zero_debias=args.bn_zero_debias == 'on',
+                                     compute_dtype=args.compute_dtype)
     prepare_input = train.image_input
     example = np.zeros((args.batch_size,) + image_shape(args), np.float32)
   else:
-    model = models.make_stage2_model(args.latent_dim, args.depth, args.width)
+    model = models.make_stage2_model(args.latent_dim, args.depth, args.width,
+                                     compute_dtype=args.compute_dtype)
     prepare_input = train.latent_input
     example = np.zeros((args.batch_size, args.latent_dim), np.float32)
 
@@ -396,7 +401,8 @@ def main(argv=None):
     config.update(dataset=args.dataset, to_device=args.to_device,
                   max_batches=args.max_batches)
   if args.mode != 'input':
-    config.update(steps=args.steps, reps=args.reps, warmup=args.warmup)
+    config.update(steps=args.steps, reps=args.reps, warmup=args.warmup,
+                  compute_dtype=args.compute_dtype)
   record = {
       'benchmark': 'tsvae.step_throughput',
       'config': config,

@@ -37,13 +37,17 @@ def parse_args(argv=None):
   p.add_argument('--torch_python', default=os.environ.get('TORCH_PYTHON',
                                                           '/work/torchvenv/bin/python'))
   p.add_argument('--script', default=DEFAULT_SCRIPT)
+  p.add_argument('--autocast_bf16', action='store_true',
+                 help='run the yardstick under torch.autocast(cpu, bfloat16) '
+                 '(benchmarks/torch_autocast.py)')
   p.add_argument('--out', default='')
   return p.parse_args(argv)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  cmd = [args.torch_python, args.script, '--batch_size', str(args.batch_size), '--image_size',
+  wrapper = [os.path.join(HERE, 'torch_autocast.py')] if args.autocast_bf16 else []
+  cmd = [args.torch_python, *wrapper, args.script, '--batch_size', str(args.batch_size), '--image_size',
          str(args.image_size), '--channels', str(args.channels), '--steps', str(args.steps),
          '--reps', str(args.reps)]
   import resource  # pylint: disable=g-import-not-at-top
@@ -64,6 +68,7 @@ def main(argv=None):
   record = {
       'benchmark': 'torch_infogan_step (PyTorch yardstick)',
       'command': ' '.join(cmd),
+      'autocast_bf16': args.autocast_bf16,
       'result': result,
       'wall_s_including_startup': round(wall, 1),
       'child_cpu_s_including_startup': round(child_cpu, 1),

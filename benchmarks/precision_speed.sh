@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue #17: the stage-1 InfoGAN MNIST step, float32 and bf16, batch 64 and 256, tsvae vs the
+# PyTorch yardstick (eager float32 and bf16 autocast), side by side in one run, one device.
+#
+#   bash benchmarks/precision_speed.sh [OUT_DIR]      (default benchmarks/results/precision_speed)
+#
+# Needs the project's venv on PATH (python) and a torch venv for the yardstick (TORCH_PYTHON,
+# default /work/torchvenv/bin/python; see ../shared/bench/torch_infogan_step.py). Run it on a
+# quiet machine: every JSON records the load and the CPU share of other processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-benchmarks/results/precision_speed}
+mkdir -p "$out"
+for b in 64 256; do
+  for dtype in float32 bfloat16; do
+    python benchmarks/step_throughput.py stage1 --batch_size "$b" --compute_dtype "$dtype" \
+        --out "$out/tsvae_b${b}_${dtype}.json" > /dev/null
+  done
+  python benchmarks/torch_yardstick.py --batch_size "$b" --out "$out/torch_b${b}_float32.json" > /dev/null
+  python benchmarks/torch_yardstick.py --batch_size "$b" --autocast_bf16 \
+      --out "$out/torch_b${b}_bf16_autocast.json" > /dev/null
+done
+python - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+rate = lambda f: json.load(open(os.path.join(out, f)))['result']['images_per_sec']
+for b in (64, 256):
+  t32, t16 = rate(f'tsvae_b{b}_float32.json'), rate(f'tsvae_b{b}_bfloat16.json')
+  p32, p16 = rate(f'torch_b{b}_float32.json'), rate(f'torch_b{b}_bf16_autocast.json')
+  print(f'b{b}: tsvae f32 {t32} bf16 {t16} | torch f32 {p32} autocast {p16} | '
+        f'f32/f32 {t32 / p32:.2f}x bf16/autocast {t16 / p16:.2f}x bf16/f32 {t16 / p32:.2f}x')
+PY
