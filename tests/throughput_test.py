@@ -40,6 +40,19 @@ def test_benchmark_stage2_smoke():
   assert record['result']['images_per_sec'] > 0
 
 
+def test_benchmark_scanned_bf16_smoke():
+  """--steps_per_call: the trainer's scanned path over device-resident batches; --compute_dtype
+  reaches the model (both recorded in the config)."""
+  args = ['stage2', '--batch_size', '8', '--latent_dim', '4', '--width', '16', '--reps', '1',
+          '--warmup', '1', '--compute_dtype', 'bfloat16']
+  record = step_throughput.main(args + ['--steps', '4', '--steps_per_call', '2'])
+  assert record['config']['steps_per_call'] == 2
+  assert record['config']['compute_dtype'] == 'bfloat16'
+  assert record['result']['finite'] and record['result']['images_per_sec'] > 0
+  with pytest.raises(SystemExit, match='multiple of --steps_per_call'):
+    step_throughput.main(args + ['--steps', '3', '--steps_per_call', '2'])
+
+
 def test_benchmark_input_smoke(tmp_path):
   from testdata import write_mnist_dir  # pylint: disable=g-import-not-at-top
   write_mnist_dir(str(tmp_path / 'manual'))
