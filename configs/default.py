@@ -44,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.stage1 = ml_collections.ConfigDict()
-  # Model family: vae (reference) | vae_flow (IAF posterior) | wae_mmd | rae (README, Baselines).
+  # Model family: vae (reference) | vae_flow (IAF posterior) | wae_mmd | rae (README, Baselines)
+  # | vae_beta (β-conditioned, below).
   config.stage1.model = 'vae'
   config.stage1.flow = ml_collections.ConfigDict()  # vae_flow (Kingma et al. 2016).
   config.stage1.flow.num_steps = 4  # IAF steps K.
@@ -55,6 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.stage1.rae = ml_collections.ConfigDict()  # rae: RAE-L2 (Ghosh et al. 2020).
   config.stage1.rae.z_weight = 2.45e-3  # β of β·½‖z‖² (their MNIST 1e-4, rescaled; README).
   config.stage1.rae.decoder_l2 = 7.84e-5  # λ of λ·Σ‖W_dec‖² (their MNIST 1e-7 × 784; README).
+  # vae_beta: the β-conditioned VAE (issue #18; docs/beta_gamma.md). Training draws one log β
+  # per batch uniformly from [log β_min, log β_max]; latents, stage 2, samples and the
+  # evaluation use the chosen β (eval.beta_values: the rate-distortion points).
+  config.stage1.beta_cond = ml_collections.ConfigDict()
+  config.stage1.beta_cond.beta_range = (0.1, 3.0)  # (β_min, β_max).
+  config.stage1.beta_cond.beta = 1.0  # The chosen β.
   config.stage1.num_epochs = 400
   config.stage1.learning_rate = 1e-4
   config.stage1.lr_decay_epochs = 150  # lr halves every this many epochs.
@@ -134,6 +141,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Ex-post density estimation (Ghosh et al. 2020): a full-covariance GMM with this many
   # components fitted to the stage-1 μ_z of the training set; 0 = off.
   config.eval.expost_gmm_components = 10
+  # stage1.model='vae_beta': the β's of the rate (KL) / distortion (MSE) points in metrics.json.
+  config.eval.beta_values = (0.1, 0.3, 1.0, 3.0)
 
   # 'error': stop at the first NaN/Inf loss or gradient; 'skip': skip such steps (counted).
   config.nan_policy = 'error'

@@ -64,7 +64,7 @@ def test_nan_policies_live_in_config_lib_and_train_reexports_them():
     (dict(nan_policy='skp'),
      "config.nan_policy='skp' is not one of ['error', 'skip']. Did you mean 'skip'?"),
     (dict(stage1__model='vea'),
-     "config.stage1.model='vea' is not one of ['vae', 'vae_flow', 'wae_mmd', 'rae']. "
+     "config.stage1.model='vea' is not one of ['vae', 'vae_flow', 'wae_mmd', 'rae', 'vae_beta']. "
      "Did you mean 'vae'?"),
     (dict(arch='wae'),
      "config.dataset='mnist' gives 28x28x1 images: arch 'wae' supports square 64x64 images "

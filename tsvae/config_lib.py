@@ -76,6 +76,9 @@ IMPLICIT_DEFAULTS['stage1.bn_zero_debias'] = False
 IMPLICIT_DEFAULTS['stage2.batch_size'] = 0
 # Issue #17: the nets' compute dtype per stage; every earlier run computed in float32.
 IMPLICIT_DEFAULTS.update({'stage1.compute_dtype': 'float32', 'stage2.compute_dtype': 'float32'})
+# Issue #18: the β-conditioned stage-1 VAE's keys (stage1.model='vae_beta'); unused before.
+IMPLICIT_DEFAULTS.update({'stage1.beta_cond.beta_range': [0.1, 3.0],
+                          'stage1.beta_cond.beta': 1.0})
 _ABSENT = object()
 
 

@@ -34,6 +34,7 @@ class Stream(enum.IntEnum):
   MEAN_VS_ANCESTRAL = 6  # tsvae.sample's mean-vs-ancestral grid (was 4: the evaluation's).
   STUDY_REFERENCES = 19  # benchmarks/stage2_study.py: stage-1, GMM and reconstruction sets.
   STUDY_STAGE2 = 20  # benchmarks/stage2_study.py: stage-2 sets and codes at each milestone.
+  BETA_GAMMA_SWEEP = 21  # benchmarks/beta_gamma_sweep.py: prior and two-stage samples.
 
 
 def barrier(name: str):
@@ -53,6 +54,8 @@ def stage1_model_kwargs(config) -> Dict[str, Any]:
   s1 = config.stage1
   kwargs = {'flow_steps': s1.flow.num_steps, 'flow_hidden': s1.flow.hidden} if (
       s1.model == 'vae_flow') else {}
+  if s1.model == 'vae_beta':
+    kwargs = {'beta_range': tuple(s1.beta_cond.beta_range), 'beta': s1.beta_cond.beta}
   return {'model': s1.model, 'model_kwargs': kwargs}
 
 

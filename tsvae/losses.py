@@ -97,6 +97,22 @@ def negative_elbo(x: jnp.ndarray,
   return _loss_and_metrics(x, outputs, loss=beta * kl + gen, kl=kl, gen=gen)
 
 
+def beta_conditioned_negative_elbo(x: jnp.ndarray, outputs: Mapping[str, jnp.ndarray], *,
+                                   reconstruction_loss: str = 'gaussian'):
+  """β·KL + Gen of the β-conditioned VAE (``models.BetaConditionedVAE``), β = exp of the
+  batch's ``outputs['log_beta']`` (a scalar: one β per batch; or [B]: one per example, each
+  weighting its own KL). Extra metrics: 'beta' and 'log_beta' (their batch means)."""
+  kl_terms = (jnp.square(outputs['mu']) + jnp.square(outputs['sigma'])
+              - 2.0 * outputs['log_sigma'] - 1.0)
+  kl_per_example = jnp.sum(kl_terms.reshape(kl_terms.shape[0], -1), axis=-1) / 2.0
+  beta = jnp.broadcast_to(jnp.exp(outputs['log_beta']), kl_per_example.shape)
+  kl = jnp.sum(kl_per_example) / _batch_size(x)
+  weighted_kl = jnp.sum(beta * kl_per_example) / _batch_size(x)
+  gen = _reconstruction_nll(x, outputs, reconstruction_loss)
+  return _loss_and_metrics(x, outputs, loss=weighted_kl + gen, kl=kl, gen=gen,
+                           beta=jnp.mean(beta), log_beta=jnp.mean(outputs['log_beta']))
+
+
 # ------------------------------------------------------------------------------ baselines
 # Objectives of the stage-1 model families other than the reference VAE (config.stage1.model;
 # models/baselines.py). Same conventions: sums over dims, means over the batch. Every one
@@ -211,12 +227,16 @@ def make_objective(model: str = 'vae', *, reconstruction_loss: str = 'gaussian',
   """(x, outputs, params) → (loss, metrics) for a stage-1 model family (``models.STAGE1_MODELS``).
 
   'vae' is ``negative_elbo``; 'vae_flow' ``flow_negative_elbo`` (both use
-  ``reconstruction_loss`` and ``beta``); 'wae_mmd' ``wae_mmd_loss`` (``lambda_mmd``,
+  ``reconstruction_loss`` and ``beta``); 'vae_beta' ``beta_conditioned_negative_elbo`` (β drawn
+  per batch by the model, ``beta`` unused); 'wae_mmd' ``wae_mmd_loss`` (``lambda_mmd``,
   ``recon_scale``); 'rae' ``rae_loss`` (``z_weight``, ``decoder_l2``, on params['decoder']).
   """
   if model == 'vae':
     return lambda x, outputs, params: negative_elbo(
         x, outputs, reconstruction_loss=reconstruction_loss, beta=beta)
+  if model == 'vae_beta':
+    return lambda x, outputs, params: beta_conditioned_negative_elbo(
+        x, outputs, reconstruction_loss=reconstruction_loss)
   if model == 'vae_flow':
     return lambda x, outputs, params: flow_negative_elbo(
         x, outputs, reconstruction_loss=reconstruction_loss, beta=beta)
@@ -226,5 +246,5 @@ def make_objective(model: str = 'vae', *, reconstruction_loss: str = 'gaussian',
   if model == 'rae':
     return lambda x, outputs, params: rae_loss(
         x, outputs, params['decoder'], z_weight=z_weight, decoder_l2=decoder_l2)
-  raise ValueError(f"Unknown stage-1 model {model!r}; expected 'vae', 'vae_flow', 'wae_mmd' "
-                   "or 'rae'.")
+  raise ValueError(f"Unknown stage-1 model {model!r}; expected 'vae', 'vae_flow', 'wae_mmd', "
+                   "'rae' or 'vae_beta'.")

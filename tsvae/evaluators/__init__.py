@@ -5,6 +5,8 @@
   fid                 FID of every sample set (the paper's protocol)
   latent_diagnostics  active dims, MMD² and singular values of z and u, latent sweep, γ's,
                       the GMM's samples, and the latent map of a κ = 2 model
+  rate_distortion     rate (KL) and distortion (MSE) on the test images; for the β-conditioned
+                      VAE at every β of eval.beta_values
 
 `evaluate(setup, state1, state2)` gathers their inputs once (`inputs.gather`), runs them in
 order and writes <workdir>/eval/metrics.json and the plots (process 0).
@@ -20,6 +22,7 @@ from tsvae.evaluators import fid
 from tsvae.evaluators import inputs as inputs_lib
 from tsvae.evaluators import latent_diagnostics
 from tsvae.evaluators import proxy_fd
+from tsvae.evaluators import rate_distortion
 from tsvae.evaluators import record
 
 # (timing name, evaluator), in the order they run.
@@ -32,6 +35,7 @@ EVALUATORS = (
     ('latent_sweep', latent_diagnostics.latent_sweep),
     ('gmm_samples', latent_diagnostics.gmm_samples),
     ('latent_map', latent_diagnostics.latent_map),
+    ('rate_distortion', rate_distortion.rate_distortion_evaluator),
 )
 
 

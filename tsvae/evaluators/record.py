@@ -30,6 +30,13 @@ METRIC_LABELS = {
     'num_samples': 'generated images per set = random test images used',
     'stage2_noise_scale': ('s in the stage-2 samples z = z_hat(u) + s * gamma_z * eps (1 = the '
                            'reference, 0 = the stage-2 decoder mean)'),
+    'rate_kl': ('rate: KL(q(z|x) || N(0, I)) in nats, mean over the test images (for '
+                'vae_beta at the chosen beta, stage1.beta_cond.beta)'),
+    'distortion_mse': ('distortion: per-pixel MSE of the decoder mean at z = mu + sigma * eps, '
+                       'mean over the test images'),
+    'rd_betas': 'vae_beta: the betas of eval.beta_values the one network was evaluated at',
+    'rd_rate_kl': 'vae_beta: rate_kl at each of rd_betas',
+    'rd_distortion_mse': 'vae_beta: distortion_mse at each of rd_betas',
     'bn_zero_debias': ('stage-1 BatchNorm moving averages bias-corrected as TF1 zero_debias '
                        '(the reference) or plain EMA from 0 / 1'),
 }

@@ -13,6 +13,8 @@ from tsvae import config_lib
 from tsvae import losses
 from tsvae.models.baselines import (DETERMINISTIC_LOG_SIGMA, DeterministicAE,
                                     DeterministicEncoder, FlowVAE, IAFFlow)
+from tsvae.models.beta_conditioned import (BetaConditionedVAE, BetaInfoGANDecoder,
+                                           BetaInfoGANEncoder, FiLM)
 from tsvae.models.infogan import InfoGANDecoder, InfoGANEncoder
 from tsvae.models.layers import ConvTranspose, conv_transpose, conv_transpose_reference
 from tsvae.models.resnet import ResNetDecoder, ResNetEncoder
@@ -22,9 +24,14 @@ from tsvae.models.wae import WAEDecoder, WAEEncoder
 
 STAGE1_ARCHS = ('infogan', 'wae', 'resnet')
 # Stage-1 model families (config.stage1.model): the reference VAE, VAE + IAF posterior,
-# WAE-MMD and RAE-L2 (deterministic encoders). See baselines.py and losses.make_objective.
-STAGE1_MODELS = ('vae', 'vae_flow', 'wae_mmd', 'rae')
+# WAE-MMD and RAE-L2 (deterministic encoders), and the β-conditioned VAE (issue #18; InfoGAN
+# nets only, beta_conditioned.py). See baselines.py and losses.make_objective.
+STAGE1_MODELS = ('vae', 'vae_flow', 'wae_mmd', 'rae', 'vae_beta')
 DETERMINISTIC_MODELS = ('wae_mmd', 'rae')
+BETA_CONDITIONED_ARCHS = ('infogan',)
+# Defaults of stage1.beta_cond.beta_range and eval.beta_values (configs/default.py).
+BETA_RANGE_DEFAULT = (0.1, 3.0)
+EVAL_BETA_VALUES_DEFAULT = (0.1, 0.3, 1.0, 3.0)
 # config.stageN.compute_dtype: the dtype of the nets' matmuls and convolutions (layers.py).
 # Parameters, optimizer state, BatchNorm statistics and the loss are float32 either way.
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -98,6 +105,9 @@ def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
   """
   _check_model(model, model_kwargs)
   shape = check_image_shape(arch, image_shape)
+  if model == 'vae_beta' and arch not in BETA_CONDITIONED_ARCHS:
+    raise ValueError(f"model 'vae_beta' has β-conditioned nets for arch "
+                     f"{' or '.join(map(repr, BETA_CONDITIONED_ARCHS))} only, got {arch!r}")
   dtype = compute_dtype_of(compute_dtype)
   fast_vjp = arch_kwargs.pop('fast_vjp', True)
   shared = {'bn_zero_debias': bool(arch_kwargs.pop('bn_zero_debias', False)), 'dtype': dtype}
@@ -112,7 +122,11 @@ def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
   else:
     if arch_kwargs:
       raise TypeError(f'arch {arch!r} takes no extra kwargs, got {sorted(arch_kwargs)}')
-    if arch == 'infogan':
+    if arch == 'infogan' and model == 'vae_beta':
+      chosen = {'log_beta': math.log(float((model_kwargs or {}).get('beta', 1.0)))}
+      encoder = BetaInfoGANEncoder(latent_dim, **chosen, **shared)
+      decoder = BetaInfoGANDecoder(shape, fast_vjp=fast_vjp, **chosen, **shared)
+    elif arch == 'infogan':
       encoder = InfoGANEncoder(latent_dim, **shared)
       decoder = InfoGANDecoder(shape, fast_vjp=fast_vjp, **shared)
     else:
@@ -124,7 +138,8 @@ def make_stage1_model(arch: str, image_shape: Sequence[int], latent_dim: int,
 def _check_model(model: str, model_kwargs: Mapping[str, Any] | None):
   if model not in STAGE1_MODELS:
     raise ValueError(f'unknown stage-1 model {model!r}; known models: {", ".join(STAGE1_MODELS)}')
-  known = ('flow_steps', 'flow_hidden') if model == 'vae_flow' else ()
+  known = {'vae_flow': ('flow_steps', 'flow_hidden'),
+           'vae_beta': ('beta_range', 'beta')}.get(model, ())
   unknown = sorted(set(model_kwargs or {}) - set(known))
   if unknown:
     raise TypeError(f'model {model!r} takes model_kwargs {list(known)}, got {unknown}')
@@ -136,7 +151,9 @@ def build_stage1_model(model: str, encoder, decoder, gamma: Mapping[str, Any] | 
   """The stage-1 model family ``model`` (``STAGE1_MODELS``) around an encoder and a decoder.
 
   ``gamma``: the VAE's decoder-variance fields. ``model_kwargs``: ``flow_steps``,
-  ``flow_hidden`` for ``'vae_flow'``; none for the others. The deterministic models
+  ``flow_hidden`` for ``'vae_flow'``; ``beta_range`` (β_min, β_max) for ``'vae_beta'``, whose
+  encoder and decoder must take ``log_beta`` (``beta_conditioned.py``; ``make_stage1_model``
+  builds them with the chosen ``beta``); none for the others. The deterministic models
   (``'wae_mmd'``, ``'rae'``) take only ``running_mse_momentum`` from ``gamma``: their γ is always
   ½ log of a running MSE, reported and used for pixel noise only. ``compute_dtype``: that of
   the family's own layers (the IAF of ``'vae_flow'``); the encoder and decoder bring theirs.
@@ -146,6 +163,10 @@ def build_stage1_model(model: str, encoder, decoder, gamma: Mapping[str, Any] | 
   if model == 'vae_flow':
     return FlowVAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x', **gamma,
                    flow_dtype=compute_dtype_of(compute_dtype), **dict(model_kwargs or {}))
+  if model == 'vae_beta':
+    low, high = (model_kwargs or {}).get('beta_range', (0.1, 3.0))
+    return BetaConditionedVAE(encoder=encoder, decoder=decoder, gamma_name='loggamma_x',
+                              log_beta_min=math.log(low), log_beta_max=math.log(high), **gamma)
   if model in DETERMINISTIC_MODELS:
     return DeterministicAE(encoder=DeterministicEncoder(encoder), decoder=decoder,
                            gamma_name='loggamma_x', gamma_mode='running_mse',
@@ -236,6 +257,7 @@ def validate_stage1_model_config(config):
     raise config_lib.ConfigError(
         "config.stage1.model='wae_mmd' needs config.batch_size >= 2 (the MMD compares pairs "
         f'of codes), got {config.batch_size}.')
+  validate_beta_conditioned_config(config)
   if s1.model in DETERMINISTIC_MODELS:
     # The VAE-only keys would be silently ignored: refuse them instead.
     defaults = {'reconstruction_loss': 'gaussian', 'beta': 1.0, 'gamma_mode': 'learned',
@@ -250,6 +272,70 @@ def validate_stage1_model_config(config):
           'Leave these keys at their defaults.')
 
 
+def _beta_cond(config) -> Mapping[str, Any]:
+  """config.stage1.beta_cond, or its implicit defaults where a config has no such block."""
+  block = config.stage1.get('beta_cond', None)
+  return {'beta_range': tuple(block.get('beta_range', BETA_RANGE_DEFAULT)) if block is not None
+          else BETA_RANGE_DEFAULT,
+          'beta': block.get('beta', 1.0) if block is not None else 1.0}
+
+
+def _positive_finite(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and value > 0)
+
+
+def validate_beta_conditioned_config(config):
+  """The β-conditioned VAE's keys: stage1.beta_cond.beta_range (β_min < β_max, both > 0),
+  stage1.beta_cond.beta (the chosen β, inside the range), eval.beta_values (the β's of the
+  rate-distortion evaluation, inside the range); and neither they nor stage1.beta may be set
+  where they would be ignored."""
+  s1 = config.stage1
+  block = s1.get('beta_cond', None)
+  raw_range = block.get('beta_range', BETA_RANGE_DEFAULT) if block is not None else (
+      BETA_RANGE_DEFAULT)
+  if (not isinstance(raw_range, (tuple, list)) or len(raw_range) != 2
+      or not all(_positive_finite(v) for v in raw_range) or not raw_range[0] < raw_range[1]):
+    raise config_lib.ConfigError(
+        'config.stage1.beta_cond.beta_range is the (beta_min, beta_max) range log beta is '
+        'drawn from (uniformly) in training and must be two finite numbers with 0 < beta_min '
+        f'< beta_max, e.g. (0.1, 3.0); got {raw_range!r}.')
+  cond = _beta_cond(config)
+  low, high = cond['beta_range']
+  if not _positive_finite(cond['beta']):
+    raise config_lib.ConfigError('config.stage1.beta_cond.beta (the beta at which the '
+                                 "beta-conditioned VAE is used) must be a finite number > 0, "
+                                 f"got {cond['beta']!r}.")
+  values = config.eval.get('beta_values', EVAL_BETA_VALUES_DEFAULT)
+  if (not isinstance(values, (tuple, list)) or not values
+      or not all(_positive_finite(v) for v in values)):
+    raise config_lib.ConfigError('config.eval.beta_values (the beta values the beta-conditioned '
+                                 'VAE is evaluated at) must be a non-empty list of finite '
+                                 f'numbers > 0, got {values!r}.')
+  if s1.model == 'vae_beta':
+    if config.arch not in BETA_CONDITIONED_ARCHS:
+      raise config_lib.ConfigError(
+          f"config.stage1.model='vae_beta' has beta-conditioned nets for "
+          f"config.arch={' or '.join(map(repr, BETA_CONDITIONED_ARCHS))} only, got "
+          f'{config.arch!r}.')
+    if s1.beta != 1.0:
+      raise config_lib.ConfigError(
+          f"config.stage1.beta={s1.beta!r} has no effect with config.stage1.model='vae_beta': "
+          'its training draws beta from config.stage1.beta_cond.beta_range, and '
+          'config.stage1.beta_cond.beta chooses the beta it is used at. Leave stage1.beta at 1.')
+    outside = [v for v in (cond['beta'],) + tuple(values)
+               if not low * (1 - 1e-9) <= v <= high * (1 + 1e-9)]
+    if outside:
+      raise config_lib.ConfigError(
+          f'config.stage1.beta_cond.beta={cond["beta"]!r} and config.eval.beta_values='
+          f'{list(values)!r} must lie in the trained range config.stage1.beta_cond.beta_range='
+          f'({low:g}, {high:g}); outside it: {outside}.')
+  elif (tuple(cond['beta_range']) != BETA_RANGE_DEFAULT or cond['beta'] != 1.0):
+    raise config_lib.ConfigError(
+        f'config.stage1.beta_cond.* has no effect with config.stage1.model={s1.model!r}; '
+        "it configures stage1.model='vae_beta'. Leave these keys at their defaults.")
+
+
 def validate_image_shape_config(config, image_shape: Sequence[int]):
   """config.arch can model the images of config.dataset (``image_shape``, H x W x C)."""
   try:
@@ -262,7 +348,8 @@ def validate_image_shape_config(config, image_shape: Sequence[int]):
 
 __all__ = [
     'COMPUTE_DTYPES', 'GAMMA_MODES', 'STAGE1_ARCHS', 'STAGE1_MODELS', 'DETERMINISTIC_MODELS',
-    'VAE', 'FlowVAE',
+    'VAE', 'FlowVAE', 'BetaConditionedVAE', 'BetaInfoGANEncoder', 'BetaInfoGANDecoder', 'FiLM',
+    'BETA_CONDITIONED_ARCHS',
     'DeterministicAE', 'DeterministicEncoder', 'IAFFlow', 'DETERMINISTIC_LOG_SIGMA',
     'build_stage1_model', 'check_image_shape', 'compute_dtype_of', 'make_stage1_model',
     'make_stage2_model', 'validate_config',
