@@ -97,6 +97,12 @@ def _batches(ds):
   return [b['image'] for b in ds.as_numpy_iterator()]
 
 
+def _stored(builder, split):
+  """The examples as stored (array_record, read by tfds.data_source: no TensorFlow)."""
+  source = builder.as_data_source(split=split)
+  return [source[i] for i in range(len(source))]
+
+
 # ---------------------------------------------------------------------------------------------
 # Module fixtures: tiny prepared local builders.
 
@@ -162,9 +168,9 @@ def test_local_mnist_builder(mnist_local):
     np.testing.assert_array_equal(got[..., 0], images / np.float32(255))  # IDX order kept.
     as_uint8 = _images(ip.make_eval_dataset(builder, split, 'mnist', 5, as_uint8=True))
     np.testing.assert_array_equal(as_uint8[..., 0], images)
-    stored = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False,
-                                              read_config=ip._sequential_read_config()))
+    stored = _stored(builder, split)
     np.testing.assert_array_equal([int(ex['label']) for ex in stored], labels)
+    np.testing.assert_array_equal(np.stack([ex['image'] for ex in stored])[..., 0], images)
 
 
 def test_get_builder_reuses_prepared_data(mnist_local, tmp_path):
@@ -184,7 +190,7 @@ def test_mnist_missing_file_is_a_data_error(tmp_path):
   data_dir = tmp_path / 'data'
   with pytest.raises(DataError, match='t10k-labels-idx1-ubyte.gz'):
     ip.get_builder('mnist', data_dir=str(data_dir), manual_dir=str(tmp_path))
-  assert not (data_dir / 'tsvae_mnist' / '1.0.0' / 'dataset_info.json').exists()
+  assert not (data_dir / 'tsvae_mnist' / '1.1.0' / 'dataset_info.json').exists()
   # The builders themselves raise the same error when used directly.
   from tsvae.datasets import TsvaeMnist  # pylint: disable=g-import-not-at-top
   with pytest.raises(DataError, match='missing: t10k-labels-idx1-ubyte.gz'):
@@ -222,8 +228,7 @@ def test_real_mnist_offline_route(tmp_path):
   builder = ip.get_builder('mnist', data_dir=str(tmp_path), manual_dir=manual_dir)
   assert builder.info.splits['train'].num_examples == 60_000
   assert builder.info.splits['test'].num_examples == 10_000
-  first = next(iter(tfds.as_numpy(builder.as_dataset(
-      split='test', shuffle_files=False, read_config=ip._sequential_read_config()))))
+  first = builder.as_data_source(split='test')[0]
   assert int(first['label']) == 7
   assert first['image'].shape == (28, 28, 1) and first['image'].dtype == np.uint8
 
@@ -254,8 +259,7 @@ def test_local_cifar10_builder(tmp_path, form):
   builder = ip.get_builder('cifar10', data_dir=str(tmp_path / 'data'), manual_dir=str(manual))
   for split in ('train', 'test'):
     names = sorted(m for m in members if m.startswith(split + '/'))
-    stored = list(tfds.as_numpy(builder.as_dataset(
-        split=split, shuffle_files=False, read_config=ip._sequential_read_config())))
+    stored = _stored(builder, split)
     assert len(stored) == len(names)
     for name, ex in zip(names, stored):  # Sorted path order; PIL decoding, kept losslessly.
       np.testing.assert_array_equal(ex['image'], _decode(members[name]))

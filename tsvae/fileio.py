@@ -55,15 +55,20 @@ def abspath(path: str) -> str:
   return os.fspath(path) if is_remote(path) else os.path.abspath(_local(path))
 
 
+def _tf():
+  """TensorFlow (slow import; remote paths only); TensorFlowRequired naming the extra."""
+  from tsvae.datasets import tf_optional  # pylint: disable=g-import-not-at-top
+  return tf_optional.require('Remote (gs://) paths (tf.io.gfile)')
+
+
 def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (slow import; remote only)
-  return tf.io.gfile
+  return _tf().io.gfile
 
 
 @contextlib.contextmanager
 def _remote_errors(path: str):
   """Re-raises TensorFlow file-system errors as the matching OSError."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = _tf()
   try:
     yield
   except tf.errors.NotFoundError as e:

@@ -24,7 +24,6 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 
 from tsvae import config_lib
 from tsvae import experiment
@@ -144,7 +143,7 @@ def _samples_path(setup: experiment.Setup, name: str, out_dir: Optional[str] = N
 
 def test_images(setup: experiment.Setup, num: int) -> np.ndarray:
   """The first `num` test images as floats in [0, 1]."""
-  batch = next(iter(tfds.as_numpy(input_pipeline.make_eval_dataset(
+  batch = next(iter(input_pipeline.as_numpy(input_pipeline.make_eval_dataset(
       setup.builder, 'test', setup.config.dataset, num))))
   return np.asarray(train.image_input(batch, None))
 

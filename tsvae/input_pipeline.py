@@ -26,10 +26,19 @@ Datasets: 'mnist', 'fashion_mnist', 'cifar10', 'celeba', 'celeba140'.
   `DatasetBuilder.as_dataset`), so the true values come back even inside
   `tfds.testing.mock_data`, which replaces every builder's `as_dataset` with random data.
 
+Without TensorFlow (a base install; `tsvae.datasets.tf_optional`): the in-memory data sets are
+read from the local builders' array_record files with `tfds.data_source` (or from prepared
+arrays, `tsvae.datasets.arrays`), and `make_image_dataset`, `make_eval_dataset` and
+`make_latent_dataset` return `NumpyBatches` (the same batches as NumPy arrays) instead of a
+`tf.data.Dataset`; `as_numpy` iterates either. Latents are then written as one `.npz`. Streaming
+(CelebA, `in_memory=False`), the stock builders that encode with TensorFlow, outlier corruption
+and tfrecord files need TensorFlow and raise `TensorFlowRequired` naming the `tf` extra.
+
 Every data problem a user can fix (missing / malformed files) raises `DataError`.
 """
 
 import difflib
+import io
 import json
 import os
 import shutil
@@ -39,30 +48,30 @@ import weakref
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from tsvae import config_lib
 from tsvae import faults
 from tsvae import fileio
-from tsvae.datasets import LOCAL_BUILDERS
+from tsvae.datasets import arrays as prepared_arrays
+from tsvae.datasets import tf_optional
 from tsvae.datasets import DataError
-from tsvae.datasets import validate_manual_dir
-from tsvae.datasets.online_builders import ONLINE_BUILDERS
+from tsvae.datasets.tf_optional import TensorFlowRequired
 
 __all__ = [
     'DATASETS', 'DataError', 'LatentDataset', 'check_dataset', 'corrupt_images', 'epoch_rows',
     'get_builder', 'image_shape', 'make_eval_dataset', 'make_image_dataset', 'make_latent_dataset',
     'num_examples', 'outlier_pixel_count', 'preprocess_image', 'read_latent_dataset_builder',
-    'training_images', 'validate_manual_dir', 'write_latent_dataset', 'CorruptLatents'
+    'training_images', 'validate_manual_dir', 'write_latent_dataset', 'CorruptLatents',
+    'NumpyBatches', 'TensorFlowRequired', 'as_numpy', 'labeled_images'
 ]
 
-# This process feeds JAX; keep TensorFlow off any accelerator.
-try:
-  tf.config.set_visible_devices([], 'GPU')
-  tf.config.set_visible_devices([], 'TPU')
-except (RuntimeError, ValueError):  # Devices already initialised, or no such device type.
-  pass
+
+def _tfds(what: Optional[str] = None):
+  return tf_optional.tfds(what)
+
+
+def _tf(what: str):
+  return tf_optional.require(what)
 
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'celeba', 'celeba140')
 
@@ -96,6 +105,7 @@ DEFAULT_SHUFFLE_BUFFER = 50_000
 LATENT_DATASET_NAME = 'tsvae_latents'
 _LATENT_META_FILE = 'tsvae_latents.json'
 _LATENT_FORMAT_VERSION = 1
+_LATENT_NPZ_FILE = 'tsvae_latents.npz'  # The rows, where TensorFlow (tfrecord) is absent.
 _SHARD_BYTES = 256 << 20
 
 
@@ -149,8 +159,20 @@ def validate_outlier_config(config):
 # Builders.
 
 
-def get_builder(dataset: str, data_dir: Optional[str] = None,
-                manual_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
+def validate_manual_dir(dataset: str, manual_dir: Any):
+  """Cheap check of `manual_dir` for `dataset` (raises DataError saying what belongs there).
+
+  A folder holding prepared arrays (`tsvae_<dataset>.npz`, `tsvae.datasets.arrays`) is checked
+  as such; otherwise `tsvae.datasets.validate_manual_dir` checks the source files.
+  """
+  check_dataset(dataset)
+  if prepared_arrays.has_arrays(manual_dir, dataset):
+    return prepared_arrays.validate(manual_dir, dataset)
+  from tsvae.datasets import local_builders  # pylint: disable=g-import-not-at-top  (tfds)
+  return local_builders.validate_manual_dir(dataset, manual_dir)
+
+
+def get_builder(dataset: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None):
   """A prepared tfds builder for `dataset`.
 
   Args:
@@ -159,22 +181,33 @@ def get_builder(dataset: str, data_dir: Optional[str] = None,
     data_dir: where tfds keeps prepared data (None or '' = the tfds default).
     manual_dir: folder with local copies of the data (see `tsvae.datasets`); selects the local
       builder (`tsvae_mnist`, ...), prepared on the first call and reused afterwards. The folder
-      is validated (cheaply) before any preparation; problems raise `DataError`. None or '' =
-      the stock tfds builder (`mnist`, `fashion_mnist`, `celeb_a`), which downloads; for
-      'cifar10' the stock `cifar10` through the authors' JPEG q75 round trip
-      (`tsvae_cifar10_jpeg_q75`, tsvae/datasets/online_builders.py), as the offline zip holds.
+      is validated (cheaply) before any preparation; problems raise `DataError`. A manual dir
+      holding `tsvae_<dataset>.npz` gives prepared arrays instead (`tsvae.datasets.arrays`;
+      NumPy only). None or '' = the stock tfds builder (`mnist`, `fashion_mnist`, `celeb_a`),
+      which downloads; for 'cifar10' the stock `cifar10` through the authors' JPEG q75 round
+      trip (`tsvae_cifar10_jpeg_q75`, tsvae/datasets/online_builders.py), as the offline zip
+      holds. The stock builders encode images with TensorFlow (`TensorFlowRequired` without it).
   """
   check_dataset(dataset)
   data_dir = os.fspath(data_dir) if data_dir else None
   manual_dir = os.fspath(manual_dir) if manual_dir else None
+  if manual_dir and prepared_arrays.has_arrays(manual_dir, dataset):
+    return prepared_arrays.ArraysBuilder(manual_dir, dataset)
+  tfds = _tfds(f'Reading {dataset} through its tfds builder')
   if manual_dir:
-    builder = LOCAL_BUILDERS[dataset](data_dir=data_dir)
+    from tsvae.datasets import local_builders  # pylint: disable=g-import-not-at-top
+    builder = local_builders.LOCAL_BUILDERS[dataset](data_dir=data_dir)
     if not builder.is_prepared():
       validate_manual_dir(dataset, manual_dir)
+      if not _is_array_record(builder):
+        _tf(f'Preparing {builder.name} (tfrecord files, streamed with tf.data)')
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
+  from tsvae.datasets.online_builders import ONLINE_BUILDERS  # pylint: disable=g-import-not-at-top
   name = STOCK_BUILDERS[dataset]
+  _tf(f'The download route of {dataset} (the stock tfds builder {name!r}, which encodes '
+      'images with TensorFlow; without it pass --config.data.manual_dir with local files)')
   if dataset in ONLINE_BUILDERS:
     builder = ONLINE_BUILDERS[dataset](data_dir=data_dir)
   else:
@@ -196,7 +229,7 @@ def get_builder(dataset: str, data_dir: Optional[str] = None,
 # Preprocessing.
 
 
-def preprocess_image(image, dataset: str, as_uint8: bool = False) -> tf.Tensor:
+def preprocess_image(image, dataset: str, as_uint8: bool = False):
   """Maps a stored uint8 image (or batch) `[..., H, W, C]` to model input.
 
   MNIST / Fashion-MNIST / CIFAR-10: unchanged. CelebA: crop the 218x178 aligned image
@@ -207,9 +240,11 @@ def preprocess_image(image, dataset: str, as_uint8: bool = False) -> tf.Tensor:
   (tested to agree with PIL within a few grey levels).
 
   Returns:
-    uint8 in [0, 255] if `as_uint8`, else float32 in [0, 1] (= uint8 / 255).
+    uint8 in [0, 255] if `as_uint8`, else float32 in [0, 1] (= uint8 / 255). A tf.Tensor
+    (TensorFlow is needed).
   """
   check_dataset(dataset)
+  tf = _tf('preprocess_image')
   image = tf.convert_to_tensor(image)
   if image.dtype != tf.uint8:
     raise ValueError(f'preprocess_image expects uint8 images, got {image.dtype}.')
@@ -224,8 +259,144 @@ def preprocess_image(image, dataset: str, as_uint8: bool = False) -> tf.Tensor:
   return tf.cast(image, tf.float32) / 255.0
 
 
-def _to_float(image: tf.Tensor) -> tf.Tensor:
+def _to_float(image):
+  tf = _tf('tf.data batches')
   return tf.cast(image, tf.float32) / 255.0
+
+
+def _to_float_np(image: np.ndarray) -> np.ndarray:
+  """uint8 → float32 / 255, correctly rounded: the same values as `_to_float`."""
+  return image.astype(np.float32) / np.float32(255.0)
+
+
+def _is_array_record(builder) -> bool:
+  """Whether a tfds builder's files are array_record (read with `tfds.data_source`, no TF)."""
+  file_format = getattr(getattr(builder, 'info', None), 'file_format', None)
+  return file_format is not None and getattr(file_format, 'value', file_format) == 'array_record'
+
+
+def _random_access(builder) -> bool:
+  """Read without tf.data: prepared arrays or array_record files."""
+  return isinstance(builder, prepared_arrays.ArraysBuilder) or _is_array_record(builder)
+
+
+def _data_source(builder, split: str):
+  return builder.as_data_source(split=split)
+
+
+def _read_source(builder, split: str, keys: Tuple[str, ...]) -> Dict[str, np.ndarray]:
+  """`keys` of every example of `split` of an array_record builder, stacked, in stored order.
+
+  `tfds.data_source` decodes each PNG with Pillow: no TensorFlow.
+  """
+  source = _data_source(builder, split)
+  n = len(source)
+  chunks = {k: [] for k in keys}
+  for start in range(0, n, 4096):
+    examples = source.__getitems__(list(range(start, min(n, start + 4096))))
+    for k in keys:
+      chunks[k].append(np.stack([np.asarray(ex[k]) for ex in examples]))
+  return {k: (np.concatenate(v) if v else None) for k, v in chunks.items()}
+
+
+def labeled_images(builder, split: str, dataset: str) -> Tuple[np.ndarray, np.ndarray]:
+  """(uint8 images [N, H, W, C] preprocessed as the model sees them, int64 labels [N]).
+
+  Prepared arrays and array_record builders need no TensorFlow; other builders are read with
+  tf.data. DataError when `dataset` has no labels (CelebA) or the split is empty.
+  """
+  check_dataset(dataset)
+  if isinstance(builder, prepared_arrays.ArraysBuilder):
+    images, labels = builder.split(split)
+  elif 'label' not in builder.info.features:
+    raise DataError(f'{dataset} ({builder.name}) has no "label" feature.')
+  elif _is_array_record(builder) and dataset not in CELEBA_CROPS:
+    got = _read_source(builder, split, ('image', 'label'))
+    images, labels = got['image'], got['label']
+  else:
+    tf, tfds = _tf(f'Reading the labelled {dataset} split {split!r} with tf.data'), _tfds()
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            read_config=tfds.ReadConfig(try_autocache=False))
+    ds = ds.map(lambda ex: (preprocess_image(ex['image'], dataset, as_uint8=True),
+                            tf.cast(ex['label'], tf.int64)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    parts = list(ds.batch(4096).as_numpy_iterator())
+    images = np.concatenate([x for x, _ in parts]) if parts else None
+    labels = np.concatenate([y for _, y in parts]) if parts else None
+  if images is None or not len(images):
+    raise DataError(f'{dataset}[{split}] is empty.')
+  return np.asarray(images, np.uint8), np.asarray(labels, np.int64)
+
+
+class NumpyBatches:
+  """One epoch of batches (dicts of NumPy arrays): the pipeline's output without TensorFlow.
+
+  Re-iterable; `len()` and `cardinality()` give the number of batches (as a tf.data.Dataset's
+  cardinality would), `as_numpy_iterator()` iterates, like tf.data's.
+  """
+
+  def __init__(self, arrays: Dict[str, np.ndarray], order: np.ndarray, batch_size: int,
+               drop_remainder: bool, transform=None):
+    self._arrays = arrays
+    self._order = np.asarray(order, np.int64)
+    self._batch = int(batch_size)
+    n = len(self._order)
+    self._len = n // self._batch if drop_remainder else -(-n // self._batch)
+    self._transform = transform
+
+  def __len__(self) -> int:
+    return self._len
+
+  def cardinality(self) -> int:
+    return self._len
+
+  def __iter__(self):
+    for b in range(self._len):
+      rows = self._order[b * self._batch:(b + 1) * self._batch]
+      batch = {k: v[rows] for k, v in self._arrays.items()}
+      yield self._transform(batch) if self._transform else batch
+
+  def as_numpy_iterator(self):
+    return iter(self)
+
+
+def as_numpy(ds):
+  """An iterable of NumPy batches from what the pipeline returns (tf.data or `NumpyBatches`)."""
+  if isinstance(ds, NumpyBatches):
+    return ds
+  return _tfds().as_numpy(ds)
+
+
+def _batches(arrays: Dict[str, np.ndarray], order: np.ndarray, batch_size: int,
+             drop_remainder: bool, to_float: Tuple[str, ...] = ()):
+  """Rows `order` of `arrays` in batches (uint8 `to_float` keys → float32 / 255).
+
+  A `tf.data.Dataset` where TensorFlow is installed (what callers have always had), else
+  `NumpyBatches` with the same values.
+  """
+  if not tf_optional.available():
+    def transform(batch):
+      for k in to_float:
+        batch[k] = _to_float_np(batch[k])
+      return batch
+    return NumpyBatches(arrays, order, batch_size, drop_remainder,
+                        transform if to_float else None)
+  tf = _tf('tf.data batches')
+  ds = tf.data.Dataset.from_tensor_slices({k: v[order] for k, v in arrays.items()})
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if to_float:
+    ds = ds.map(lambda ex: {k: (_to_float(v) if k in to_float else v) for k, v in ex.items()},
+                num_parallel_calls=tf.data.AUTOTUNE)
+  return ds
+
+
+def _finish(ds):
+  """Deterministic options and prefetching for a tf.data pipeline; `NumpyBatches` as is."""
+  if isinstance(ds, NumpyBatches):
+    return ds
+  tf = _tf('tf.data')
+  ds = ds.with_options(_deterministic_options())
+  return ds.prefetch(tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +417,12 @@ def _count_examples(builder, split) -> int:
     if split not in ('train', None):
       raise ValueError(f'A latent dataset has only the split "train", not {split!r}.')
     return builder.num_examples
+  if isinstance(builder, prepared_arrays.ArraysBuilder):
+    return builder.num_examples(split)
+  if _is_array_record(builder):
+    return len(_data_source(builder, split))
+  tfds = _tfds()
+  _tf(f'Counting the examples of {builder.name} (tfrecord files)')
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           read_config=tfds.ReadConfig(try_autocache=False))
   card = int(ds.cardinality())
@@ -299,15 +476,16 @@ def _permutation(n: int, seed: int, epoch: int, process_index: int) -> np.ndarra
   return rng.permutation(n)
 
 
-def _deterministic_options() -> tf.data.Options:
+def _deterministic_options():
+  tf = _tf('tf.data')
   options = tf.data.Options()
   options.deterministic = True
   return options
 
 
-def _sequential_read_config() -> tfds.ReadConfig:
+def _sequential_read_config():
   """Reads a split's files one after another: the stored example order, exactly."""
-  return tfds.ReadConfig(options=_deterministic_options(), try_autocache=False,
+  return _tfds().ReadConfig(options=_deterministic_options(), try_autocache=False,
                          interleave_cycle_length=1, enable_ordering_guard=False)
 
 
@@ -315,7 +493,7 @@ def _process_split(split: str, process_index: int, process_count: int):
   if process_count == 1:
     return split
   # drop_remainder: every process gets the same number of examples, hence of batches.
-  return tfds.split_for_jax_process(split, process_index=process_index,
+  return _tfds().split_for_jax_process(split, process_index=process_index,
                                     process_count=process_count, drop_remainder=True)
 
 
@@ -336,6 +514,32 @@ def _load_uint8(builder, split: str, dataset: str, process_index: int, process_c
     per_builder = None
   if per_builder is not None and key in per_builder:
     return per_builder[key]
+  if _random_access(builder) and dataset not in CELEBA_CROPS:  # No TensorFlow needed.
+    if process_count != 1:
+      raise ValueError('In-memory splits are loaded whole (process_count=1).')
+    if isinstance(builder, prepared_arrays.ArraysBuilder):
+      images = builder.split(split)[0]
+    else:
+      images = _read_source(builder, split, ('image',))['image']
+    if images is None:
+      images = np.zeros((0,) + image_shape(dataset), np.uint8)
+    images = np.asarray(images, np.uint8)
+  else:
+    images = _load_uint8_tf(builder, split, dataset, process_index, process_count)
+  if images.shape[1:] != image_shape(dataset):
+    raise DataError(f'{dataset}[{split}] of {builder!r} holds images of shape '
+                    f'{images.shape[1:]}; expected {image_shape(dataset)}.')
+  images.setflags(write=False)
+  if per_builder is not None:
+    per_builder[key] = images
+  return images
+
+
+def _load_uint8_tf(builder, split: str, dataset: str, process_index: int,
+                   process_count: int) -> np.ndarray:
+  """`_load_uint8` through tf.data (tfrecord files: stock builders, CelebA)."""
+  tf = _tf(f'Reading {dataset} from {builder.name} (tfrecord files, tf.data)')
+  tfds = _tfds()
   ds = builder.as_dataset(split=_process_split(split, process_index, process_count),
                           shuffle_files=False, read_config=_sequential_read_config(),
                           decoders={'image': tfds.decode.SkipDecoding()})
@@ -344,19 +548,14 @@ def _load_uint8(builder, split: str, dataset: str, process_index: int, process_c
               num_parallel_calls=tf.data.AUTOTUNE)
   chunks = list(ds.batch(4096).as_numpy_iterator())
   if chunks:
-    images = np.concatenate(chunks)
-  else:
-    images = np.zeros((0,) + image_shape(dataset), np.uint8)
-  images.setflags(write=False)
-  if per_builder is not None:
-    per_builder[key] = images
-  return images
+    return np.concatenate(chunks)
+  return np.zeros((0,) + image_shape(dataset), np.uint8)
 
 
 def _in_memory_epoch(arrays: Dict[str, np.ndarray], global_batch: int,
                      shuffle_seed: Optional[int], epoch: int, process_index: int,
-                     process_count: int, skip_batches: int,
-                     drop_remainder: bool) -> tf.data.Dataset:
+                     process_count: int, skip_batches: int, drop_remainder: bool,
+                     to_float: Tuple[str, ...] = ()):
   """This process's slice of one epoch of *global* batches of `arrays` (the whole split).
 
   Every process holds the whole (small) split and draws the same global permutation from
@@ -373,8 +572,7 @@ def _in_memory_epoch(arrays: Dict[str, np.ndarray], global_batch: int,
     start = b * global_batch + process_index * local_batch
     rows.append(order[start:min(start + local_batch, n)])
   order = np.concatenate(rows) if rows else np.zeros((0,), np.int64)
-  ds = tf.data.Dataset.from_tensor_slices({k: v[order] for k, v in arrays.items()})
-  return ds.batch(local_batch, drop_remainder=drop_remainder)
+  return _batches(arrays, order, local_batch, drop_remainder, to_float)
 
 
 def epoch_rows(num_examples: int, global_batch_size: int, shuffle_seed: Optional[int],
@@ -428,10 +626,11 @@ def _outlier_base_seed(outlier_seed: int) -> int:
   return int(state[0]) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def _corrupt_one(image: tf.Tensor, key: tf.Tensor, count: int, base_seed: int) -> tf.Tensor:
+def _corrupt_one(image, key, count: int, base_seed: int):
   """Replaces `count` pixels of one float image [H, W, C], chosen from (base_seed, key)."""
   if count == 0:
     return image
+  tf = _tf('Outlier corruption (data.outlier_fraction > 0)')
   h, w, c = image.shape
   seeds = tf.random.experimental.stateless_split(
       tf.stack([tf.constant(base_seed, tf.int64), tf.cast(key, tf.int64)]), 2)
@@ -457,6 +656,7 @@ def corrupt_images(images, keys, outlier_fraction: float, outlier_seed: int) -> 
     return images.copy()
   count = outlier_pixel_count(outlier_fraction, images.shape[1], images.shape[2])
   base = _outlier_base_seed(outlier_seed)
+  tf = _tf('Outlier corruption (corrupt_images)')
   ds = tf.data.Dataset.from_tensor_slices((images, keys)).map(
       lambda image, key: _corrupt_one(image, key, count, base),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
@@ -473,8 +673,9 @@ def _is_train_split(split: str) -> bool:
 
 def _in_memory_image_epoch(builder, split, dataset, global_batch_size, shuffle_seed, epoch,
                            skip_batches, drop_remainder, process_index, process_count, cache,
-                           outliers, base_seed) -> tf.data.Dataset:
+                           outliers, base_seed):
   """`make_image_dataset`'s epoch of an in-memory data set (the whole split held as uint8)."""
+  tf = _tf('Outlier corruption (data.outlier_fraction > 0)') if outliers else None
   local_batch = _local_batch_size(global_batch_size, process_count)
   images = _load_uint8(builder, split, dataset, 0, 1, cache)  # Whole split: see below.
   _check_nonempty_epoch(len(images) // process_count, local_batch, drop_remainder,
@@ -482,11 +683,11 @@ def _in_memory_image_epoch(builder, split, dataset, global_batch_size, shuffle_s
   arrays = {'image': images}
   if outliers:  # The global index in the stored split identifies the example.
     arrays['index'] = np.arange(len(images), dtype=np.int64)
+  if not outliers:
+    return _in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch, process_index,
+                            process_count, int(skip_batches), drop_remainder, ('image',))
   ds = _in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch,
                         process_index, process_count, int(skip_batches), drop_remainder)
-  if not outliers:
-    return ds.map(lambda ex: {'image': _to_float(ex['image'])},
-                  num_parallel_calls=tf.data.AUTOTUNE)
   return ds.unbatch().map(
       lambda ex: {'image': _corrupt_one(_to_float(ex['image']), ex['index'], outliers,
                                         base_seed)},
@@ -495,8 +696,9 @@ def _in_memory_image_epoch(builder, split, dataset, global_batch_size, shuffle_s
 
 def _streamed_image_epoch(builder, split, dataset, local_batch, shuffle_seed, epoch,
                           skip_batches, drop_remainder, process_index, process_count,
-                          shuffle_buffer, outliers, base_seed) -> tf.data.Dataset:
+                          shuffle_buffer, outliers, base_seed):
   """`make_image_dataset`'s epoch of a streamed data set (this process's shard of `split`)."""
+  tf = _tf(f'Streaming {dataset} with tf.data (in_memory=False)')
   ds = _streaming_examples(builder, _process_split(split, process_index, process_count),
                            shuffle_seed=shuffle_seed, epoch=epoch,
                            process_index=process_index, shuffle_buffer=shuffle_buffer,
@@ -533,7 +735,7 @@ def make_image_dataset(builder,
                        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
                        in_memory: Optional[bool] = None,
                        outlier_fraction: float = 0.0,
-                       outlier_seed: int = 0) -> tf.data.Dataset:
+                       outlier_seed: int = 0):
   """ONE epoch of training batches `{'image': float32 [local_batch, H, W, C]}` in [0, 1].
 
   Args:
@@ -564,14 +766,14 @@ def make_image_dataset(builder,
     outlier_seed: seeds the corruption.
 
   Returns:
-    A finite `tf.data.Dataset` with known cardinality = batches in this epoch (after skipping).
+    A finite `tf.data.Dataset` with known cardinality = batches in this epoch (after skipping);
+    `NumpyBatches` (the same batches) without TensorFlow. Iterate either with `as_numpy`.
   """
   check_dataset(dataset)
   _check_epoch_args(epoch, skip_batches)
   process_index, process_count = _process_args(process_index, process_count)
   local_batch = _local_batch_size(global_batch_size, process_count)
-  if in_memory is None:
-    in_memory = dataset in IN_MEMORY_DATASETS
+  in_memory = _resolve_in_memory(builder, dataset, in_memory)
   h, w, _ = image_shape(dataset)
   outliers = (outlier_pixel_count(outlier_fraction, h, w) if _is_train_split(split) else 0)
   base_seed = _outlier_base_seed(outlier_seed)
@@ -584,8 +786,15 @@ def make_image_dataset(builder,
     ds = _streamed_image_epoch(builder, split, dataset, local_batch, shuffle_seed, epoch,
                                skip_batches, drop_remainder, process_index, process_count,
                                shuffle_buffer, outliers, base_seed)
-  ds = ds.with_options(_deterministic_options())
-  return ds.prefetch(tf.data.AUTOTUNE)
+  return _finish(ds)
+
+
+def _resolve_in_memory(builder, dataset: str, in_memory: Optional[bool]) -> bool:
+  """None = automatic; array_record files and prepared arrays are always read whole (tf.data
+  cannot stream array_record)."""
+  if in_memory is None:
+    in_memory = dataset in IN_MEMORY_DATASETS
+  return bool(in_memory) or (_random_access(builder) and dataset not in CELEBA_CROPS)
 
 
 def _image_decoder(builder):
@@ -595,6 +804,7 @@ def _image_decoder(builder):
   exactly; TensorFlow's default (what tfds' own decoding uses) is INTEGER_FAST and differs
   from PIL by up to ~4-9 grey levels per pixel.
   """
+  tf = _tf('Decoding images with tf.data')
   feature = builder.info.features['image']
   shape = tuple(feature.shape)
   channels = shape[-1]
@@ -611,11 +821,12 @@ def _image_decoder(builder):
 
 
 def _streaming_examples(builder, split, *, shuffle_seed, epoch, process_index,
-                        shuffle_buffer, with_ids: bool = False) -> tf.data.Dataset:
+                        shuffle_buffer, with_ids: bool = False):
   """Encoded image bytes of `split`; seeded file and buffer shuffles when shuffle_seed given.
 
   With `with_ids`, elements are (tfds id, encoded bytes) pairs, in the same order.
   """
+  tfds = _tfds()
   if shuffle_seed is None:
     read_config = _sequential_read_config()
   else:
@@ -645,7 +856,7 @@ def make_eval_dataset(builder,
                       seed: Optional[int] = None,
                       *,
                       cache: bool = True,
-                      in_memory: Optional[bool] = None) -> tf.data.Dataset:
+                      in_memory: Optional[bool] = None):
   """Deterministic batches `{'image': [<=batch_size, H, W, C]}` in stored split order.
 
   Not sharded across processes; the last batch may be partial.
@@ -654,13 +865,15 @@ def make_eval_dataset(builder,
     as_uint8: images as uint8 in [0, 255] (for FID) instead of float32 in [0, 1].
     num_examples: None = the whole split; else a random subset of this many examples (without
       replacement, kept in split order), chosen from `seed` (None = 0).
+
+  Returns:
+    A `tf.data.Dataset`, or `NumpyBatches` without TensorFlow (iterate with `as_numpy`).
   """
   check_dataset(dataset)
   batch_size = int(batch_size)
   if batch_size < 1:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
-  if in_memory is None:
-    in_memory = dataset in IN_MEMORY_DATASETS
+  in_memory = _resolve_in_memory(builder, dataset, in_memory)
   if in_memory:
     images = _load_uint8(builder, split, dataset, 0, 1, cache)
   selected = None
@@ -675,37 +888,34 @@ def make_eval_dataset(builder,
     selected = np.sort(rng.choice(total, size=num_examples, replace=False))
 
   if in_memory:
-    chosen = images if selected is None else images[selected]
-    ds = tf.data.Dataset.from_tensor_slices(chosen).batch(batch_size)
-    if as_uint8:
-      ds = ds.map(lambda x: {'image': x})
-    else:
-      ds = ds.map(lambda x: {'image': _to_float(x)})
-  else:
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            read_config=_sequential_read_config(),
-                            decoders={'image': tfds.decode.SkipDecoding()})
-    ds = ds.map(lambda ex: ex['image'])
-    if selected is not None:
-      mask = np.zeros(total, bool)
-      mask[selected] = True
-      mask = tf.constant(mask)
-      ds = ds.enumerate()
-      ds = ds.filter(lambda i, _: tf.gather(mask, i))
-      ds = ds.map(lambda _, x: x)
-    decode = _image_decoder(builder)
-    ds = ds.map(lambda x: {'image': preprocess_image(decode(x), dataset, as_uint8=as_uint8)},
-                num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size)
-  ds = ds.with_options(_deterministic_options())
-  return ds.prefetch(tf.data.AUTOTUNE)
+    order = np.arange(len(images)) if selected is None else selected
+    return _finish(_batches({'image': images}, order, batch_size, False,
+                            () if as_uint8 else ('image',)))
+  tf, tfds = _tf(f'Streaming {dataset} with tf.data (in_memory=False)'), _tfds()
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=_sequential_read_config(),
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  ds = ds.map(lambda ex: ex['image'])
+  if selected is not None:
+    mask = np.zeros(total, bool)
+    mask[selected] = True
+    mask = tf.constant(mask)
+    ds = ds.enumerate()
+    ds = ds.filter(lambda i, _: tf.gather(mask, i))
+    ds = ds.map(lambda _, x: x)
+  decode = _image_decoder(builder)
+  ds = ds.map(lambda x: {'image': preprocess_image(decode(x), dataset, as_uint8=as_uint8)},
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size)
+  return _finish(ds)
 
 
 # ---------------------------------------------------------------------------------------------
 # Stage-2 latent datasets.
 
 
-def _latent_features(latent_dim: int) -> tfds.features.FeaturesDict:
+def _latent_features(latent_dim: int):
+  tfds = _tfds()
   return tfds.features.FeaturesDict({
       'mu': tfds.features.Tensor(shape=(latent_dim,), dtype=np.float32),
       'sigma': tfds.features.Tensor(shape=(latent_dim,), dtype=np.float32),
@@ -737,7 +947,9 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
   `features.json`; features {'mu': Tensor((κ,), float32), 'sigma': Tensor((κ,), float32)},
   split 'train', rows in the given order), loadable with `tfds.builder_from_directory`, plus
   `tsvae_latents.json` (counts, and the size and SHA-256 of every other file), the marker that
-  readers require and verify.
+  readers require and verify. Without TensorFlow (which writes tfrecord) the rows are one
+  uncompressed `tsvae_latents.npz` (float32 `mu`, `sigma`) beside the same marker, whose
+  `file_format` says which (`tfrecord` when absent); the readers take either.
 
   `directory` is either absent, the previous complete version, or the new complete version;
   never taken as complete while half written:
@@ -789,7 +1001,37 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
 
 
 def _build_latent_dataset(tmp: str, mu: np.ndarray, sigma: np.ndarray):
-  """Writes the complete dataset (shards, tfds metadata, marker last) into local folder `tmp`."""
+  """Writes the complete dataset (shards, tfds metadata, marker last) into local folder `tmp`.
+
+  tfrecord where TensorFlow is installed (as tsvae always wrote), else one .npz.
+  """
+  if tf_optional.available():
+    meta = _build_latent_tfrecord(tmp, mu, sigma)
+  else:
+    meta = _build_latent_npz(tmp, mu, sigma)
+  meta['checksums'] = fileio.checksums(tmp, sorted(os.listdir(tmp)))
+  with open(os.path.join(tmp, _LATENT_META_FILE), 'w') as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  _fsync_dir(tmp)
+
+
+def _build_latent_npz(tmp: str, mu: np.ndarray, sigma: np.ndarray) -> Dict[str, Any]:
+  n, latent_dim = mu.shape
+  path = os.path.join(tmp, _LATENT_NPZ_FILE)
+  with open(path, 'wb') as f:
+    np.savez(f, mu=mu, sigma=sigma)
+    f.flush()
+    os.fsync(f.fileno())
+  return {'format_version': _LATENT_FORMAT_VERSION, 'num_examples': int(n),
+          'latent_dim': int(latent_dim), 'file_format': 'npz',
+          'files': [{'name': _LATENT_NPZ_FILE, 'bytes': os.path.getsize(path),
+                     'examples': int(n)}]}
+
+
+def _build_latent_tfrecord(tmp: str, mu: np.ndarray, sigma: np.ndarray) -> Dict[str, Any]:
+  tf, tfds = _tf('Writing tfrecord latents'), _tfds()
   n, latent_dim = mu.shape
   features = _latent_features(latent_dim)
   template = tfds.core.ShardedFileTemplate(
@@ -818,14 +1060,8 @@ def _build_latent_dataset(tmp: str, mu: np.ndarray, sigma: np.ndarray):
       data_dir=tmp, features=features, split_infos=[split_info], filename_template=template,
       check_data=False, version='1.0.0',
       description='Stage-1 encoder outputs (mu, sigma) of the training images (tsvae).')
-  meta = {'format_version': _LATENT_FORMAT_VERSION, 'num_examples': int(n),
-          'latent_dim': int(latent_dim), 'files': files,
-          'checksums': fileio.checksums(tmp, sorted(os.listdir(tmp)))}
-  with open(os.path.join(tmp, _LATENT_META_FILE), 'w') as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  _fsync_dir(tmp)
+  return {'format_version': _LATENT_FORMAT_VERSION, 'num_examples': int(n),
+          'latent_dim': int(latent_dim), 'files': files}
 
 
 def _upload_latent_dataset(tmp: str, directory: str):
@@ -849,15 +1085,15 @@ class LatentDataset:
     directory: its folder (also a tfds dataset directory: see `as_tfds_builder`).
     num_examples: N.
     latent_dim: κ.
-    features: the tfds FeaturesDict of one example.
-    filepaths: the tfrecord shards, in order.
+    file_format: 'tfrecord' (shards; reading needs TensorFlow) or 'npz' (NumPy).
+    filepaths: the tfrecord shards, in order (or the one .npz).
   """
 
   def __init__(self, directory: str, meta: Dict[str, Any]):
     self.directory = directory
     self.num_examples = int(meta['num_examples'])
     self.latent_dim = int(meta['latent_dim'])
-    self.features = _latent_features(self.latent_dim)
+    self.file_format = str(meta.get('file_format', 'tfrecord'))
     self.filepaths = [os.path.join(directory, f['name']) for f in meta['files']]
     self._shard_lengths = [int(f['examples']) for f in meta['files']]
     self._arrays: Dict[Tuple[int, int], Dict[str, np.ndarray]] = {}
@@ -866,20 +1102,38 @@ class LatentDataset:
     return (f'LatentDataset({self.directory!r}, num_examples={self.num_examples}, '
             f'latent_dim={self.latent_dim})')
 
-  def as_tfds_builder(self) -> tfds.core.DatasetBuilder:
-    """`tfds.builder_from_directory` on it (does not work inside `tfds.testing.mock_data`)."""
-    return tfds.builder_from_directory(self.directory)
+  @property
+  def features(self):
+    """The tfds FeaturesDict of one example."""
+    return _latent_features(self.latent_dim)
+
+  def as_tfds_builder(self):
+    """`tfds.builder_from_directory` on it (does not work inside `tfds.testing.mock_data`;
+    tfrecord latents only)."""
+    if self.file_format != 'tfrecord':
+      raise DataError(f'{self} is stored as {self.file_format}, not as a tfds dataset.')
+    return _tfds().builder_from_directory(self.directory)
+
+  def _read(self, start: int, count: int) -> Dict[str, np.ndarray]:
+    if self.file_format == 'npz':
+      with np.load(io.BytesIO(fileio.read_bytes(self.filepaths[0])), allow_pickle=False) as z:
+        return {k: np.array(z[k][start:start + count], np.float32) for k in ('mu', 'sigma')}
+    if self.file_format != 'tfrecord':
+      raise DataError(f'{self.directory}: unknown latent file_format {self.file_format!r}.')
+    tf = _tf(f'Reading the tfrecord latents in {self.directory} (written where TensorFlow was '
+             'installed)')
+    ds = tf.data.TFRecordDataset(self.filepaths).skip(start).take(count)
+    ds = ds.map(self.features.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE)
+    chunks = list(ds.batch(65536).as_numpy_iterator())
+    return {k: (np.concatenate([c[k] for c in chunks]) if chunks else
+                np.zeros((0, self.latent_dim), np.float32)) for k in ('mu', 'sigma')}
 
   def load(self, start: int = 0, count: Optional[int] = None) -> Dict[str, np.ndarray]:
     """{'mu', 'sigma'}: float32 [count, κ] of rows [start, start + count), read from the files."""
     count = self.num_examples - start if count is None else count
     key = (start, count)
     if key not in self._arrays:
-      ds = tf.data.TFRecordDataset(self.filepaths).skip(start).take(count)
-      ds = ds.map(self.features.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE)
-      chunks = list(ds.batch(65536).as_numpy_iterator())
-      arrays = {k: (np.concatenate([c[k] for c in chunks]) if chunks else
-                    np.zeros((0, self.latent_dim), np.float32)) for k in ('mu', 'sigma')}
+      arrays = self._read(start, count)
       if len(arrays['mu']) != count:
         raise DataError(f'Latent dataset {self.directory} holds fewer examples than its '
                         f'{_LATENT_META_FILE} says; delete it so it is written again.')
@@ -961,7 +1215,7 @@ def make_latent_dataset(builder: Union[LatentDataset, str],
                         skip_batches: int = 0,
                         drop_remainder: bool = True,
                         process_index: Optional[int] = None,
-                        process_count: Optional[int] = None) -> tf.data.Dataset:
+                        process_count: Optional[int] = None):
   """ONE epoch of batches `{'mu': float32 [b, κ], 'sigma': float32 [b, κ]}` for stage 2.
 
   Same sharding (disjoint equal shards per process), determinism (order of epoch e a pure
@@ -978,7 +1232,5 @@ def make_latent_dataset(builder: Union[LatentDataset, str],
   _check_nonempty_epoch(builder.num_examples // process_count, local_batch, drop_remainder,
                         f'latents {builder.directory}')
   arrays = builder.load(0, builder.num_examples)
-  ds = _in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch, process_index,
-                        process_count, int(skip_batches), drop_remainder)
-  ds = ds.with_options(_deterministic_options())
-  return ds.prefetch(tf.data.AUTOTUNE)
+  return _finish(_in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch, process_index,
+                                  process_count, int(skip_batches), drop_remainder))

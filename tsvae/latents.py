@@ -1,7 +1,8 @@
 """Stage-1 codes: encoding images to (μ_z, σ_z), and the latent data set stage 2 trains on.
 
   <workdir>/latents/   (μ_z, σ_z) of every training image, in split order, as a tfds data set
-                       (written by process 0 once; `input_pipeline.read_latent_dataset_builder`).
+                       (one .npz without TensorFlow; written by process 0 once;
+                       `input_pipeline.read_latent_dataset_builder`).
 
 Encoding runs in inference mode (BatchNorm running averages, stored spectral-norm vectors), so
 the codes do not depend on the batch size; a large one (config.eval.batch_size) is used for speed.
@@ -14,7 +15,6 @@ from typing import Tuple
 from absl import logging
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 
 from tsvae import batching
 from tsvae import experiment
@@ -47,7 +47,7 @@ def encode_split(setup: experiment.Setup, variables1, split: str = 'train'):
   c = setup.config
   dataset = input_pipeline.make_eval_dataset(setup.builder, split, c.dataset, c.eval.batch_size)
   codes = [encode(setup.model1, variables1, np.asarray(train.image_input(batch, None)),
-                  c.eval.batch_size) for batch in tfds.as_numpy(dataset)]
+                  c.eval.batch_size) for batch in input_pipeline.as_numpy(dataset)]
   return np.concatenate([m for m, _ in codes]), np.concatenate([s for _, s in codes])
 
 

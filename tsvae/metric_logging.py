@@ -23,12 +23,33 @@ import time
 from typing import Any, Mapping, Optional
 
 from absl import logging
-from clu import metric_writers
-from clu.metric_writers import interface
 import jax
 import numpy as np
 
 from tsvae import fileio
+
+try:  # clu's metric_writers package imports TensorFlow (its TensorBoard writer).
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu.metric_writers import interface  # pylint: disable=g-import-not-at-top
+  _MetricWriter = interface.MetricWriter
+  from tsvae.datasets import tf_optional  # pylint: disable=g-import-not-at-top
+  tf_optional.available()  # Keeps TensorFlow off the accelerators before it initialises them.
+except ImportError:  # No TensorFlow (or no clu): metrics.jsonl only, see create_writer.
+  metric_writers = None
+  _MetricWriter = object
+
+
+class _MultiWriter:
+  """clu's MultiWriter where clu cannot be imported: forwards every call to each writer."""
+
+  def __init__(self, writers):
+    self._writers = list(writers)
+
+  def __getattr__(self, name):
+    def call(*args, **kwargs):
+      for w in self._writers:
+        getattr(w, name)(*args, **kwargs)
+    return call
 
 # Remote metrics.jsonl: the longest time a record waits before the file is uploaded again.
 REMOTE_UPLOAD_SECS = 30.0
@@ -43,7 +64,7 @@ def attempt_id() -> str:
 # The attempt of this process: every metrics.jsonl row it writes carries it.
 ATTEMPT = attempt_id()
 
-class JsonlWriter(interface.MetricWriter):
+class JsonlWriter(_MetricWriter):
   """Appends scalars as JSON lines (local or remote `path`); other summary kinds are ignored."""
 
   def __init__(self, path: str, extra: Optional[Mapping[str, Any]] = None, *,
@@ -119,15 +140,22 @@ class JsonlWriter(interface.MetricWriter):
       self._file.close()
 
 
-def create_writer(workdir: str, stage: str) -> metric_writers.MetricWriter:
-  """TensorBoard (workdir/tensorboard/<stage>) + workdir/metrics.jsonl on process 0."""
+def create_writer(workdir: str, stage: str):
+  """TensorBoard (workdir/tensorboard/<stage>) + workdir/metrics.jsonl on process 0.
+
+  Without TensorFlow (clu's TensorBoard writer needs it) only metrics.jsonl is written.
+  """
+  multi = metric_writers.MultiWriter if metric_writers is not None else _MultiWriter
   if jax.process_index() != 0:
-    return metric_writers.MultiWriter([])
-  return metric_writers.MultiWriter([
-      metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard', stage)),
-      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'),
-                  extra={'stage': stage, 'attempt': ATTEMPT}),
-  ])
+    return multi([])
+  writers = [JsonlWriter(os.path.join(workdir, 'metrics.jsonl'),
+                         extra={'stage': stage, 'attempt': ATTEMPT})]
+  if metric_writers is not None:
+    writers.insert(0, metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard', stage)))
+  else:
+    logging.log_first_n(logging.INFO, 'No TensorFlow: no TensorBoard summaries (clu needs it; '
+                        "pip install 'tsvae[tf]'); metrics.jsonl is written.", 1)
+  return multi(writers)
 
 
 class _DropLibraryChatter(logging_std.Filter):

@@ -15,7 +15,6 @@ from typing import Any, Dict, Optional
 from absl import logging
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 
 from tsvae import checkpointing
 from tsvae import config_lib
@@ -90,7 +89,7 @@ def stage1_spec(setup: experiment.Setup) -> train.StageSpec:
   steps = setup.steps_per_epoch(input_pipeline.num_examples(builder, 'train'))
 
   def epoch_batches(epoch, skip):
-    return tfds.as_numpy(input_pipeline.make_image_dataset(
+    return input_pipeline.as_numpy(input_pipeline.make_image_dataset(
         builder, 'train', dataset=c.dataset, global_batch_size=c.batch_size,
         shuffle_seed=c.seed, epoch=epoch, skip_batches=skip,
         shuffle_buffer=c.data.shuffle_buffer,
@@ -113,7 +112,7 @@ def stage2_spec(setup: experiment.Setup) -> train.StageSpec:
   steps = setup.steps_per_epoch(codes.num_examples, batch_size)
 
   def epoch_batches(epoch, skip):
-    return tfds.as_numpy(input_pipeline.make_latent_dataset(
+    return input_pipeline.as_numpy(input_pipeline.make_latent_dataset(
         codes, global_batch_size=batch_size, shuffle_seed=c.seed + 1, epoch=epoch,
         skip_batches=skip))
 

@@ -23,6 +23,12 @@ CelebA images are stored as the original JPEG bytes (178x218, as the stock `cele
 does); the crop and resize to 64x64 happen in `tsvae.input_pipeline`, so "celeba" and
 "celeba140" share one prepared data set. CIFAR-10 images are decoded with PIL here and stored
 losslessly (PNG), so every reader sees PIL's decoding of the JPEGs.
+
+No TensorFlow needed (version 1.1.0): MNIST, Fashion-MNIST and CIFAR-10 are written as
+array_record files (`tfds.data_source` reads them; tf.data's `as_dataset` cannot) with every
+image already PNG-encoded by Pillow (tfds would encode NumPy images with `tf.image.encode_png`).
+PNG is lossless, so the pixels are the source's exactly. CelebA stays tfrecord: it is streamed
+with tf.data (TensorFlow), being too large for memory on small hosts.
 """
 
 import gzip
@@ -346,6 +352,21 @@ def _read_celeba_image(source: Tuple[str, str], member: str, zf=None) -> bytes:
 # Builders.
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+  """uint8 [H, W, 1] or [H, W, 3] → PNG bytes (Pillow; lossless, no TensorFlow needed)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(f'png_bytes takes uint8 [H, W, 1|3], got {image.dtype} {image.shape}.')
+  buf = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format='PNG')
+  return buf.getvalue()
+
+
+#: The file format of the in-memory data sets' local builders (readable without TensorFlow).
+ARRAY_RECORD = 'array_record'
+
+
 class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared plumbing: manual dir lookup, validation, DataError instead of AssertionError."""
 
@@ -362,7 +383,20 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return validate_manual_dir(self.DATASET, manual_dir)
 
 
-class _IdxBuilder(_LocalBuilder, skip_registration=True):
+class _ArrayRecordBuilder(_LocalBuilder, skip_registration=True):
+  """Written as array_record with PNG-encoded images: prepared and read without TensorFlow."""
+
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release (tsvae local builder).',
+      '1.1.0': 'array_record files, images PNG-encoded by Pillow (no TensorFlow needed).',
+  }
+
+  def __init__(self, *, file_format=None, **kwargs):
+    super().__init__(file_format=file_format or ARRAY_RECORD, **kwargs)
+
+
+class _IdxBuilder(_ArrayRecordBuilder, skip_registration=True):
   """MNIST-format (IDX) data sets."""
 
   def _split_generators(self, dl_manager):
@@ -376,7 +410,7 @@ class _IdxBuilder(_LocalBuilder, skip_registration=True):
     if labels.size and labels.max() > 9:
       raise DataError(f'{split_spec["labels"]} holds label {labels.max()}; expected 0..9.')
     for i in range(n):
-      yield i, {'image': images[i][..., None], 'label': int(labels[i])}
+      yield i, {'image': png_bytes(images[i][..., None]), 'label': int(labels[i])}
 
 
 def _read_idx_array(dataset: str, path: str, n: int, shape: Tuple[int, ...]) -> np.ndarray:
@@ -450,7 +484,7 @@ def cifar10_info_fields() -> Dict[str, Any]:
   )
 
 
-class TsvaeCifar10(_LocalBuilder):
+class TsvaeCifar10(_ArrayRecordBuilder):
   """CIFAR-10 from a zip (or folders) of per-class JPEGs in the manual dir."""
 
   name = 'tsvae_cifar10'
@@ -484,7 +518,7 @@ class TsvaeCifar10(_LocalBuilder):
         if image.shape != (32, 32, 3):
           raise DataError(f'CIFAR-10 image {name} in {source[1]} has shape {image.shape}; '
                           f'expected 32x32x3. The manual dir {_CIFAR_INSTRUCTIONS}.')
-        yield i, {'image': image, 'label': label}
+        yield i, {'image': png_bytes(image), 'label': label}
     finally:
       if zf is not None:
         zf.close()

@@ -12,7 +12,6 @@ from typing import Any, Dict, Optional, Tuple
 from absl import logging
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 
 from tsvae import experiment
 from tsvae import generation
@@ -43,7 +42,7 @@ def real_images(builder, dataset: str, split: str, num: int, seed: int,
   """`num` random uint8 images of `split` (a seeded subset, in split order)."""
   ds = input_pipeline.make_eval_dataset(builder, split, dataset, batch_size, as_uint8=True,
                                         num_examples=num, seed=seed)
-  return np.concatenate([b['image'] for b in tfds.as_numpy(ds)])
+  return np.concatenate([b['image'] for b in input_pipeline.as_numpy(ds)])
 
 
 def stage2_unavailable_reason(config, state2) -> Optional[str]:

@@ -35,8 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from tsvae import batching
 from tsvae import fileio
@@ -122,20 +120,11 @@ class CNN(nn.Module):
 
 def load_labeled(builder, split: str, dataset: str) -> Tuple[np.ndarray, np.ndarray]:
   """(uint8 images [N, H, W, C] preprocessed as the model sees them, int32 labels [N])."""
-  if 'label' not in builder.info.features:
+  info = getattr(builder, 'info', None)
+  if info is not None and 'label' not in info.features:
     raise ClassifierUnavailable(f'{dataset} ({builder.name}) has no "label" feature.')
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          read_config=tfds.ReadConfig(try_autocache=False))
-  ds = ds.map(lambda ex: (input_pipeline.preprocess_image(ex['image'], dataset, as_uint8=True),
-                          tf.cast(ex['label'], tf.int32)),
-              num_parallel_calls=tf.data.AUTOTUNE)
-  images, labels = [], []
-  for x, y in ds.batch(4096).as_numpy_iterator():
-    images.append(x)
-    labels.append(y)
-  if not images:
-    raise input_pipeline.DataError(f'{dataset}[{split}] is empty.')
-  return np.concatenate(images), np.concatenate(labels)
+  images, labels = input_pipeline.labeled_images(builder, split, dataset)
+  return images, labels.astype(np.int32)
 
 
 def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
