@@ -168,7 +168,8 @@ if [[ "$SKIP_INSTALL" != 1 ]]; then
   fi
 
   # -------------------------------------------------------------- 4. JAX for TPU and the package
-  on_all_workers "$(join "$PYTHON" -m pip install --quiet --upgrade "$JAX_TPU" "$REMOTE_PATH")"
+  # (with the tf extra: gs:// workdirs and CelebA streaming need TensorFlow)
+  on_all_workers "$(join "$PYTHON" -m pip install --quiet --upgrade "$JAX_TPU" "${REMOTE_PATH}[tf]")"
 fi
 
 # ---------------------------------------------------------------- 5. train on every worker

@@ -160,7 +160,7 @@ def test_tpu_pod_dry_run(tools):
   assert 'tar -xzf tsvae_src.tar.gz -C tsvae' in remote[0]
   assert 'mount -t nfs' in remote[1] and '10.1.2.3:/vol1 /mnt/tsvae' in remote[1]
   assert shlex.split(remote[2]) == ['python3', '-m', 'pip', 'install', '--quiet', '--upgrade',
-                                    'jax[tpu]', './tsvae']
+                                    'jax[tpu]', './tsvae[tf]']
   assert shlex.split(remote[3]) == ['cd', 'tsvae', '&&', *TRAIN_ARGV]
   assert '--dry_run' not in result.stdout
 
