@@ -23,6 +23,20 @@ for b in 64 256; do
   python benchmarks/torch_yardstick.py --batch_size "$b" --autocast_bf16 \
       --out "$out/torch_b${b}_bf16_autocast.json" > /dev/null
 done
+# Stage 2 (the 3x1024 MLP, the most dispatch-bound step): one step per call vs scanned.
+python benchmarks/step_throughput.py stage2 --batch_size 64 --out "$out/tsvae_stage2_b64_float32.json" > /dev/null
+python benchmarks/step_throughput.py stage2 --batch_size 64 --steps 100 --steps_per_call 100 \
+    --out "$out/tsvae_stage2_b64_float32_scan100.json" > /dev/null
+# The batch-256 profile's XLA:CPU library variants (float32): no YNNPACK fusions (Eigen dots),
+# and oneDNN dot fusions instead of YNNPACK.
+python benchmarks/step_throughput.py stage1 --batch_size 256 \
+    --xla_flags=--xla_cpu_experimental_ynn_fusion_type= --out "$out/tsvae_b256_float32_no_ynn.json" > /dev/null
+python benchmarks/step_throughput.py stage1 --batch_size 256 \
+    --xla_flags='--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_experimental_onednn_fusion_type=dot' \
+    --out "$out/tsvae_b256_float32_onednn_dot.json" > /dev/null
+for b in 64 256; do
+  python benchmarks/step_profile.py --batch_size "$b" --out "$out/profile_b${b}_float32.json" > /dev/null
+done
 python - "$out" <<'PY'
 import json, os, sys
 out = sys.argv[1]
@@ -33,4 +47,6 @@ for b in (64, 256):
   scan = rate(f'tsvae_b{b}_float32_scan10.json')
   print(f'b{b}: tsvae f32 {t32} bf16 {t16} f32 scan10 {scan} ({scan / p32:.2f}x) | torch f32 {p32} autocast {p16} | '
         f'f32/f32 {t32 / p32:.2f}x bf16/autocast {t16 / p16:.2f}x bf16/f32 {t16 / p32:.2f}x')
+s1, s100 = rate('tsvae_stage2_b64_float32.json'), rate('tsvae_stage2_b64_float32_scan100.json')
+print(f'stage 2 b64: one step per call {s1}, scanned (100 per call) {s100} ({s100 / s1:.2f}x)')
 PY
