@@ -569,7 +569,8 @@ def plot(out):
   ax.set_ylabel('distortion: MSE per pixel')
   ax.set_yscale('log')
   ax.set_title('rate–distortion (proxy FD of prior samples beside each point)')
-  ax.legend(fontsize=7)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7)
   ax = axes[1]
   for mode in GAMMA_MODES:
     rows = _sweep_rows(points, mode)
@@ -583,7 +584,8 @@ def plot(out):
   ax.set_xscale('log')
   ax.set_xlabel('β')
   ax.set_ylabel('proxy FD of prior samples (lower is better)')
-  ax.legend(fontsize=7)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7)
   ax = axes[2]
   summary = compare(points)
   labels, sweep_walls, cond_walls = [], [], []
