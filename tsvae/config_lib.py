@@ -282,7 +282,11 @@ def record_config(config, workdir: str):
 
 
 def unflatten(flat: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """Inverse of `flatten`: {'a.b': v} → ConfigDict(a=ConfigDict(b=v))."""
+  """Inverse of `flatten`: {'a.b': v} → ConfigDict(a=ConfigDict(b=v)).
+
+  A JSON list (how config.json stores a tuple) becomes a tuple again: configs hold sequences as
+  tuples (e.g. eval.beta_values), which is also what a --config.* override parses to.
+  """
   config = ml_collections.ConfigDict()
   for key, value in sorted(flat.items()):
     node = config
@@ -291,7 +295,7 @@ def unflatten(flat: Mapping[str, Any]) -> ml_collections.ConfigDict:
       if parent not in node:
         node[parent] = ml_collections.ConfigDict()
       node = node[parent]
-    node[leaf] = value
+    node[leaf] = tuple(value) if isinstance(value, list) else value
   return config
 
 
