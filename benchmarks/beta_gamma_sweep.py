@@ -254,7 +254,8 @@ def train_point(args, name, overrides):
 def logged_seconds(workdir, stage):
   """Σ steps / (steps/s) of the logged windows (compilation excluded)."""
   import stage2_study  # pylint: disable=g-import-not-at-top
-  return stage2_study.training_seconds(stage2_study._metric_rows(workdir, stage))  # pylint: disable=protected-access
+  from tsvae import metric_logging  # pylint: disable=g-import-not-at-top
+  return stage2_study.training_seconds(metric_logging.read_stage_rows(workdir, stage))
 
 
 # ------------------------------------------------------------------------------ scoring

@@ -60,20 +60,15 @@ def run_command(args, dtype: str) -> list[str]:
 
 
 def read_curves(workdir: str) -> dict:
-  """{stage: {'step': [...], 'loss': [...], 'loggamma': [...]}} from metrics.jsonl, keeping
-  the last row of each (stage, step) (a resumed run logs re-run steps again)."""
-  rows = {}
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      r = json.loads(line)
-      if 'loss' in r and 'stage' in r:
-        rows[(r['stage'], r['step'])] = r
+  """{stage: {'step': [...], 'loss': [...], 'loggamma': [...]}} from metrics.jsonl (the last row
+  of each step: a resumed run logs re-run steps again)."""
+  from tsvae import metric_logging  # pylint: disable=g-import-not-at-top  (after argv parsing)
   curves = {}
-  for (stage, step), r in sorted(rows.items()):
-    c = curves.setdefault(stage, {'step': [], 'loss': [], 'loggamma': []})
-    c['step'].append(step)
-    c['loss'].append(r['loss'])
-    c['loggamma'].append(r.get('loggamma'))
+  for stage in ('stage1', 'stage2'):
+    rows = [r for r in metric_logging.read_stage_rows(workdir, stage) if 'loss' in r]
+    if rows:
+      curves[stage] = {'step': [r['step'] for r in rows], 'loss': [r['loss'] for r in rows],
+                       'loggamma': [r.get('loggamma') for r in rows]}
   return curves
 
 

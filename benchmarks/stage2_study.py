@@ -222,19 +222,6 @@ class FidQueue:
     self.items = []
 
 
-def _metric_rows(workdir, stage):
-  """The last metrics.jsonl row per step of `stage` (resumed steps appear again later)."""
-  rows = {}
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        row = json.loads(line)
-        if row.get('stage') == stage:
-          rows[row['step']] = row
-  return [rows[s] for s in sorted(rows)]
-
-
 def training_seconds(rows):
   """Training time from the logged windows: Σ steps / (steps/s), compilation excluded."""
   total, previous = 0.0, 0
@@ -339,13 +326,14 @@ def references(args, config, experiment, state1, codes, scorer, base, queue):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tsvae import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
   from tsvae import generation  # pylint: disable=g-import-not-at-top
+  from tsvae import metric_logging  # pylint: disable=g-import-not-at-top
   from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
   from tsvae.metrics import expost_gmm  # pylint: disable=g-import-not-at-top
   v1 = generation.variables_of(state1)
   n, batch = args.num_samples, int(config.eval.batch_size)
   rng = experiment.rng(experiment_lib.Stream.STUDY_REFERENCES)
   r1, rr = jax.random.split(rng)
-  rows = _metric_rows(stage1_workdir(args), 'stage1')
+  rows = metric_logging.read_stage_rows(stage1_workdir(args), 'stage1')
   info = {'stage1_step': int(state1.step), 'stage1_train_seconds': training_seconds(rows),
           'stage1_final_loss': rows[-1]['loss'] if rows else None}
   grids = {}
@@ -417,6 +405,7 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
   from tsvae import config_lib  # pylint: disable=g-import-not-at-top
   from tsvae import generation  # pylint: disable=g-import-not-at-top
   from tsvae import latents  # pylint: disable=g-import-not-at-top
+  from tsvae import metric_logging  # pylint: disable=g-import-not-at-top
   from tsvae import train  # pylint: disable=g-import-not-at-top
   from tsvae import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
   from tsvae import stages  # pylint: disable=g-import-not-at-top
@@ -452,7 +441,7 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
     state2 = train.train_stage(spec, target_steps=m * spec.steps_per_epoch,
                                **stages.train_kwargs(experiment))
     v2 = generation.variables_of(state2)
-    rows = _metric_rows(workdir, 'stage2')
+    rows = metric_logging.read_stage_rows(workdir, 'stage2')
     last = [r for r in rows if r['step'] == m * spec.steps_per_epoch]
     mu_u, sigma_u = latents.encode(experiment.model2, v2, z, batch)
     u = (mu_u + sigma_u * np.asarray(jax.random.normal(ru, mu_u.shape))).astype(np.float32)

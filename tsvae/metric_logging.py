@@ -140,6 +140,20 @@ class JsonlWriter(_MetricWriter):
       self._file.close()
 
 
+def read_stage_rows(workdir: str, stage: str) -> list:
+  """The rows of `stage` in workdir/metrics.jsonl, one per step in step order: the last one
+  written for each step (a resumed run logs the re-run steps again, under a later attempt)."""
+  rows = {}
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        row = json.loads(line)
+        if row.get('stage') == stage and 'step' in row:
+          rows[row['step']] = row
+  return [rows[step] for step in sorted(rows)]
+
+
 def create_writer(workdir: str, stage: str):
   """TensorBoard (workdir/tensorboard/<stage>) + workdir/metrics.jsonl on process 0.
 
