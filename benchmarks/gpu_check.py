@@ -192,15 +192,14 @@ def _main_command(args, workdir, epochs1, epochs2):
 
 
 def _last_rows(workdir):
-  """{stage: the last metrics.jsonl row of that stage}."""
-  rows = {}
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        row = json.loads(line)
-        rows[row.get('stage')] = row
-  return rows
+  """{stage: the last metrics.jsonl row of that stage} (metric_logging.read_stage_rows)."""
+  from tsvae import metric_logging  # pylint: disable=g-import-not-at-top
+  last = {}
+  for stage in ('stage1', 'stage2'):
+    rows = metric_logging.read_stage_rows(workdir, stage)
+    if rows:
+      last[stage] = rows[-1]
+  return last
 
 
 def write_samples(workdir, out, num):
