@@ -124,13 +124,29 @@ def test_fid_queue_scores_most_telling_first_into_the_written_points(tmp_path):
              for name in names + ['stage1'])
   assert points['p0']['proxy_fd'] == 3.0
   # stage 1, the first recipe's last milestone at noise 1, the other recipe's at noise 1, the
-  # noise-0 point, then intermediate milestones.
+  # noise-0 point, then intermediate milestones, every one at noise 1 before any at noise 0.
   priorities = sorted(stage2_study._fid_priority(args, r, e, s, l) for r, e, s, l in [
       ('high_lr', 1, 0.0, True), ('reference', 2, 1.0, True), ('reference', 1, 1.0, False),
       ('high_lr', 1, 1.0, True)])
-  assert priorities == [(1, 0), (3, 1), (5, 1, 1), (6, 0, 1, 1.0)]
+  assert priorities == [(1, 0), (3, 1), (5, 1, 1), (6, 0, 0, 1)]
+  assert (stage2_study._fid_priority(args, 'high_lr', 3, 1.0, False) <
+          stage2_study._fid_priority(args, 'reference', 1, 0.0, False))
 
 
 def test_unknown_fid_set_is_refused(tmp_path):
   with pytest.raises(SystemExit, match='unknown'):
     stage2_study.parse_args(['--out', str(tmp_path), '--fid_sets=stage1,stage3'])
+
+
+@pytest.mark.parametrize('user_flags', [None, '--xla_cpu_use_thunk_runtime=true'])
+def test_stage1_runs_under_the_callers_xla_flags(tmp_path, monkeypatch, user_flags):
+  """The study's two host devices (for Inception) do not reach the stage-1 subprocess."""
+  from tsvae import checkpointing  # pylint: disable=g-import-not-at-top
+  seen = {}
+  monkeypatch.setattr(checkpointing, 'is_complete', lambda workdir, stage: False)
+  monkeypatch.setattr(stage2_study.subprocess, 'run',
+                      lambda command, **kwargs: seen.update(kwargs['env']))
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  args = stage2_study.parse_args(['--out', str(tmp_path), '--no_fid'])
+  stage2_study.run_stage1(args, user_flags)
+  assert seen.get('XLA_FLAGS') == user_flags
