@@ -321,16 +321,16 @@ def _scanned_runner(args, train_step, mesh, batches, holder):
   k, b = args.steps_per_call, args.batch_size
   if args.steps % k:
     raise SystemExit('--steps must be a multiple of --steps_per_call')
-  data = train.put_replicated({key: np.concatenate([x[key] for x in batches])
-                               for key in batches[0]}, mesh)
-  rows = train.put_rows(np.stack([np.arange(b) + (i % len(batches)) * b for i in range(k)]),
-                        mesh)
+  data = train.put_sharded({key: np.concatenate([x[key] for x in batches])
+                            for key in batches[0]}, mesh)
+  rows = jax.device_put(np.stack([np.arange(b) + (i % len(batches)) * b for i in range(k)]),
+                        train.replicated(mesh)).astype(np.int32)
   calls = train.jit_gathered_steps(train_step, mesh)
 
   def run(steps):
     s, m = holder['state'], None
     for _ in range(-(-steps // k)):  # the warm-up's count rounds up to whole calls
-      s, m = calls(s, data, rows)
+      s, m = calls(s, data, rows, 0, k)
     jax.block_until_ready((s, m))
     holder['state'], holder['metrics'] = s, m
   return run

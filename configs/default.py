@@ -24,8 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.outlier_fraction = 0.0
   config.data.outlier_seed = 0
   # With steps_per_call > 1, an in-memory training set (MNIST, Fashion-MNIST, CIFAR-10 as uint8,
-  # the stage-2 latents) of at most this many MiB is kept on every device; larger ones, CelebA
-  # and outlier-corrupted images are fed from the host. 0 = always from the host.
+  # the stage-2 latents) is kept on the devices, sharded over them, when each device's share is
+  # at most this many MiB; larger ones, CelebA and outlier-corrupted images are fed from the
+  # host. 0 = always from the host.
   config.data.device_resident_max_mb = 1024
 
   # Model.
@@ -152,7 +153,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 2_000
   config.keep_checkpoints = 2
   # Train steps per jitted call (lax.scan); calls end at every log / checkpoint / epoch boundary.
-  # Results equal 1 step per call to float tolerance (bitwise for any two values > 1; README,
-  # Scanned steps). SIGTERM waits for the current call.
-  config.steps_per_call = 1
+  # Results equal 1 step per call to float tolerance (bitwise for any two values > 1;
+  # docs/design.md, Scanned steps). SIGTERM waits for the current call. 0 = auto: 1 on CPUs
+  # (XLA:CPU's scanned conv step is slower), on accelerators the largest divisor of
+  # log_every_steps and checkpoint_every_steps up to 1,000 (100 with these defaults).
+  config.steps_per_call = 0
   return config

@@ -45,27 +45,33 @@ def test_two_processes_match_one_process(tmp_path):
   manual_dir, data_dir = str(tmp_path / 'manual'), str(tmp_path / 'tfds')
   write_mnist_dir(manual_dir, n_train=64, n_test=16)
 
-  single = str(tmp_path / 'single')
-  result = subprocess.run(_cmd(single, manual_dir, data_dir), cwd=REPO_ROOT, env=_env(2),
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  # One step per call (host batches), then scanned calls on the data sharded over the devices,
+  # each epoch's order computed there: the 2-process runs match the 1-process (2-device) runs.
+  # (Scanned and one-step runs agree only to float tolerance: tests/scan_test.py.)
+  for name, extra in (('', ()), ('_scanned', ('--config.steps_per_call=2',))):
+    single = str(tmp_path / f'single{name}')
+    result = subprocess.run(_cmd(single, manual_dir, data_dir, *extra), cwd=REPO_ROOT,
+                            env=_env(2), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
 
-  multi = str(tmp_path / 'multi')
-  port = _free_port()
-  procs = [subprocess.Popen(
-      _cmd(multi, manual_dir, data_dir, '--distributed',
-           f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'),
-      cwd=REPO_ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-4000:]
-  assert 'process_count=2' in outputs[0] or '2 process(es)' in outputs[0]
-  for name in ('stage2_samples.png', 'stage1_samples.png', 'reconstructions.png'):
-    assert os.path.exists(os.path.join(multi, 'samples', name))
+    multi = str(tmp_path / f'multi{name}')
+    port = _free_port()
+    procs = [subprocess.Popen(
+        _cmd(multi, manual_dir, data_dir, *extra, '--distributed',
+             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+             f'--process_id={i}'),
+        cwd=REPO_ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+      assert p.returncode == 0, out[-4000:]
+    assert 'process_count=2' in outputs[0] or '2 process(es)' in outputs[0]
+    assert ('up to 2 scanned steps per call' in outputs[0]) == bool(extra)
+    for image in ('stage2_samples.png', 'stage1_samples.png', 'reconstructions.png'):
+      assert os.path.exists(os.path.join(multi, 'samples', image))
 
-  for a, b in zip(_final_states(single, manual_dir, data_dir),
-                  _final_states(multi, manual_dir, data_dir)):
-    assert int(a.step) == int(b.step)
-    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
-      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    for a, b in zip(_final_states(single, manual_dir, data_dir),
+                    _final_states(multi, manual_dir, data_dir)):
+      assert int(a.step) == int(b.step)
+      for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)

@@ -131,8 +131,11 @@ def test_k_scanned_steps_equal_k_single_steps(name):
 
   # (Stacked host batches, the other scanned path, are compared with these bitwise in
   # test_sigterm_mid_stage_then_resume_with_other_steps_per_call.)
+  # The epoch's rows computed on the devices are the host pipeline's.
+  device_rows = train.jit_epoch_rows(16, 4, 3, mesh)(1)
+  np.testing.assert_array_equal(np.asarray(device_rows), rows)
   scanned_device, device_metrics = train.jit_gathered_steps(step, mesh)(
-      fresh_state(), train.put_replicated(arrays, mesh), train.put_rows(rows, mesh))
+      fresh_state(), train.put_sharded(arrays, mesh), device_rows, 0, K)
 
   assert int(single.step) == K
   per_step = train._per_step([jax.device_get(device_metrics)])  # pylint: disable=protected-access
@@ -217,14 +220,55 @@ def test_device_rows_are_the_host_batches(runs, tmp_path):
                                                    str(tmp_path)))
     host = np.concatenate([b['image'] for b in spec.epoch_batches(1, 2)])
     images = spec.device_data.load()['image']
-  rows = spec.device_data.epoch_rows(1)[2:spec.steps_per_epoch]
+  mesh = train.make_mesh()
+  rows = np.asarray(train.jit_epoch_rows(spec.device_data.num_examples, spec.examples_per_batch,
+                                         spec.device_data.shuffle_seed, mesh)(1))
+  rows = rows[2:spec.steps_per_epoch]
   np.testing.assert_array_equal(host, images[rows.ravel()].astype(np.float32) / np.float32(255))
+  # On the devices, gathered from the sharded split: the same float32 batches, bitwise.
+  data = train.put_sharded({'image': images}, mesh)
+  gathered = jax.jit(lambda d, r: train._device_batch(mesh, d, r))(  # pylint: disable=protected-access
+      data, jax.device_put(rows.ravel(), train.replicated(mesh)))
+  np.testing.assert_array_equal(np.asarray(gathered['image']), host)
   # Over the budget (or steps_per_call 1): the host batches, stacked per call.
   for overrides in (dict(steps_per_call=K, data__device_resident_max_mb=0),
                     dict(steps_per_call=1)):
     with tfds.testing.mock_data(num_examples=40):
       setup = experiment_lib.setup(tiny_config(**RUN, **overrides), str(tmp_path))
       assert stages.stage1_spec(setup).device_data is None
+
+
+def test_device_data_are_sharded_and_gathered_exactly():
+  """Each device holds ⌈N/D⌉ rows (zero-padded); a gather returns data[rows] bit for bit, sharded
+  on 'data', whatever device holds each row (floats with -0.0, NaN payloads and infinities)."""
+  mesh = train.make_mesh()
+  assert mesh.size == 2  # conftest
+  rng = np.random.default_rng(0)
+  floats = rng.normal(size=(7, 3)).astype(np.float32)
+  floats[0, 0], floats[1, 1], floats[2, 2] = -0.0, np.inf, np.float32(np.nan)
+  floats[3, 0] = np.frombuffer(np.uint32(0x7FC00001).tobytes(), np.float32)[0]  # NaN payload.
+  images = rng.integers(0, 256, (7, 2, 2, 1), dtype=np.uint8)
+  data = train.put_sharded({'f': floats, 'u': images}, mesh)
+  assert data['f'].shape == (8, 3)  # 7 rows padded to a multiple of 2 devices.
+  assert [s.data.shape for s in data['u'].addressable_shards] == [(4, 2, 2, 1)] * 2
+  np.testing.assert_array_equal(np.asarray(data['u'])[7], 0)
+  rows = np.array([6, 0, 3, 3, 5, 1], np.int32)  # Rows of both devices, one twice.
+  gather = jax.jit(lambda d, r: {k: train.gather_rows(mesh, v, r) for k, v in d.items()})
+  got = gather(data, jax.device_put(rows, train.replicated(mesh)))
+  assert got['f'].sharding.is_equivalent_to(train.batch_sharded(mesh), 2)
+  np.testing.assert_array_equal(np.asarray(got['f']).view(np.uint32), floats[rows].view(np.uint32))
+  np.testing.assert_array_equal(np.asarray(got['u']), images[rows])
+
+
+def test_device_budget_is_per_device(tmp_path):
+  """The split is sharded: it stays on the devices when each one's share fits the budget."""
+  # 4,000 mock MNIST images: 3.0 MiB, 1.5 MiB per device (the budget is in whole MiB).
+  for budget, resident in ((2, True), (1, False)):
+    with tfds.testing.mock_data(num_examples=4000):
+      setup = experiment_lib.setup(tiny_config(**RUN, steps_per_call=K,
+                                               data__device_resident_max_mb=budget),
+                                   str(tmp_path))
+      assert (stages.stage1_spec(setup).device_data is not None) == resident, budget
 
 
 def test_sigterm_mid_stage_then_resume_with_other_steps_per_call(runs, tmp_path, monkeypatch):
@@ -265,7 +309,7 @@ def test_sigterm_mid_stage_then_resume_with_other_steps_per_call(runs, tmp_path,
 
 
 @pytest.mark.parametrize('key, value', [
-    ('steps_per_call', 0), ('steps_per_call', -2), ('steps_per_call', 2.5),
+    ('steps_per_call', -1), ('steps_per_call', -2), ('steps_per_call', 2.5),
     ('steps_per_call', True), ('data.device_resident_max_mb', -1),
     ('data.device_resident_max_mb', float('nan')), ('data.device_resident_max_mb', '1'),
 ])
@@ -289,3 +333,20 @@ def test_steps_per_call_is_run_control():
     train.train_stage(None, mesh=None, workdir='', experiment_fingerprint='',
                       log_every_steps=1, checkpoint_every_steps=1, keep_checkpoints=1,
                       steps_per_call=0)
+
+
+def test_auto_steps_per_call_is_one_on_cpus_and_fills_log_windows_on_accelerators(tmp_path):
+  assert train.auto_steps_per_call('cpu', 100, 2000) == 1
+  assert train.auto_steps_per_call('gpu', 100, 2000) == 100  # The defaults.
+  assert train.auto_steps_per_call('tpu', 250, 1000) == 250
+  assert train.auto_steps_per_call('gpu', 3000, 6000) == 1000  # Capped; divides both.
+  assert train.auto_steps_per_call('gpu', 1200, 4000) == 400  # gcd 400.
+  assert train.auto_steps_per_call('gpu', 7, 5) == 1
+  config = tiny_config(**RUN, steps_per_call=0)
+  with tfds.testing.mock_data(num_examples=40):
+    setup = experiment_lib.setup(config, str(tmp_path))
+    assert stages.steps_per_call(setup) == 1  # These tests run on CPU devices.
+    assert stages.stage1_spec(setup).device_data is None  # One step per call: host batches.
+    assert 'one step per call on 2 cpu device(s)' in pipeline.plan(setup)
+    setup = experiment_lib.setup(tiny_config(**RUN, steps_per_call=K), str(tmp_path))
+    assert 'up to 4 scanned steps per call' in pipeline.plan(setup)

@@ -191,9 +191,10 @@ def check_sampling(config):
 
 def check_steps_per_call(config):
   steps = config.get('steps_per_call', 1)
-  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
     raise ConfigError('config.steps_per_call is the number of train steps per jitted call and '
-                      f'must be a positive integer (1 = one step per call), got {steps!r}.')
+                      'must be an integer >= 0 (1 = one step per call, 0 = auto: 1 on CPUs, '
+                      f'scanned calls on accelerators), got {steps!r}.')
   budget = config.data.get('device_resident_max_mb', 0)
   if (not isinstance(budget, (int, float)) or isinstance(budget, bool)
       or not math.isfinite(budget) or budget < 0):

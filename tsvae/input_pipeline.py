@@ -50,6 +50,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from tsvae import config_lib
+from tsvae import epoch_order
 from tsvae import faults
 from tsvae import fileio
 from tsvae.datasets import arrays as prepared_arrays
@@ -471,9 +472,10 @@ def _tf_seed(seed: int, epoch: int, process_index: int) -> int:
   return int(state) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def _permutation(n: int, seed: int, epoch: int, process_index: int) -> np.ndarray:
-  rng = np.random.Generator(np.random.PCG64(_seed_sequence(seed, epoch, process_index, 0)))
-  return rng.permutation(n)
+def _epoch_permutation(n: int, shuffle_seed: Optional[int], epoch: int) -> np.ndarray:
+  """The in-memory order of `epoch`: `epoch_order`'s, which the scanned loop computes on device."""
+  return np.arange(n) if shuffle_seed is None else epoch_order.host_permutation(
+      n, shuffle_seed, epoch)
 
 
 def _deterministic_options():
@@ -565,7 +567,7 @@ def _in_memory_epoch(arrays: Dict[str, np.ndarray], global_batch: int,
   """
   n = len(next(iter(arrays.values())))
   local_batch = global_batch // process_count
-  order = np.arange(n) if shuffle_seed is None else _permutation(n, shuffle_seed, epoch, 0)
+  order = _epoch_permutation(n, shuffle_seed, epoch)
   num_batches = n // global_batch if drop_remainder else -(-n // global_batch)
   rows = []
   for b in range(min(skip_batches, num_batches), num_batches):
@@ -586,7 +588,7 @@ def epoch_rows(num_examples: int, global_batch_size: int, shuffle_seed: Optional
   """
   _check_epoch_args(epoch, 0)
   n, batch = int(num_examples), int(global_batch_size)
-  order = np.arange(n) if shuffle_seed is None else _permutation(n, shuffle_seed, epoch, 0)
+  order = _epoch_permutation(n, shuffle_seed, epoch)
   num_batches = n // batch
   return order[:num_batches * batch].reshape(num_batches, batch)
 

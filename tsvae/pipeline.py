@@ -51,7 +51,10 @@ def plan(setup: experiment.Setup) -> str:
                  f'steps of batch {batch})')
   evaluation = (f'evaluation of {c.eval.num_samples} samples' if c.eval.enabled
                 else 'no evaluation')
-  return f'Plan for {setup.workdir}: ' + ', '.join(parts) + f', then {evaluation}.'
+  k = stages.steps_per_call(setup)
+  calls = 'one step per call' if k == 1 else f'up to {k} scanned steps per call'
+  return (f'Plan for {setup.workdir}: ' + ', '.join(parts) + f', then {evaluation}; {calls} '
+          f'on {setup.mesh.size} {setup.mesh.devices.flat[0].platform} device(s).')
 
 
 def run(config, workdir: str, devices: Optional[Sequence[jax.Device]] = None) -> Dict[str, Any]:

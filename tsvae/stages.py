@@ -50,18 +50,32 @@ def train_kwargs(setup: experiment.Setup) -> Dict[str, Any]:
               log_every_steps=c.log_every_steps,
               checkpoint_every_steps=c.checkpoint_every_steps,
               keep_checkpoints=c.keep_checkpoints, nan_policy=c.nan_policy,
-              steps_per_call=c.get('steps_per_call', 1))
+              steps_per_call=steps_per_call(setup))
 
 
-def _device_data(config, num_bytes: int, load, epoch_rows) -> Optional[train.DeviceData]:
-  """`train.DeviceData` when scanned steps run and `num_bytes` fit data.device_resident_max_mb.
+def steps_per_call(setup: experiment.Setup) -> int:
+  """config.steps_per_call, 0 (auto) resolved for the mesh's platform (`train.auto_...`)."""
+  c = setup.config
+  requested = c.get('steps_per_call', 1)
+  if requested:
+    return requested
+  return train.auto_steps_per_call(setup.mesh.devices.flat[0].platform, c.log_every_steps,
+                                   c.checkpoint_every_steps)
+
+
+def _device_data(setup: experiment.Setup, num_examples: int, example_bytes: int, load,
+                 shuffle_seed: int) -> Optional[train.DeviceData]:
+  """`train.DeviceData` when scanned steps run and each device's share of the split (it is
+  sharded over the mesh) fits data.device_resident_max_mb.
 
   None keeps the host batches (stacked per call when steps_per_call > 1).
   """
-  budget_mb = config.data.get('device_resident_max_mb', 0)
-  if config.get('steps_per_call', 1) == 1 or num_bytes > budget_mb * 2**20:
+  c = setup.config
+  per_device_bytes = -(-num_examples // setup.mesh.size) * example_bytes
+  budget_mb = c.data.get('device_resident_max_mb', 0)
+  if steps_per_call(setup) == 1 or per_device_bytes > budget_mb * 2**20:
     return None
-  return train.DeviceData(load=load, epoch_rows=epoch_rows)
+  return train.DeviceData(load=load, num_examples=num_examples, shuffle_seed=shuffle_seed)
 
 
 def _stage1_device_data(setup: experiment.Setup) -> Optional[train.DeviceData]:
@@ -76,10 +90,7 @@ def _stage1_device_data(setup: experiment.Setup) -> Optional[train.DeviceData]:
   def load():
     return {'image': input_pipeline.training_images(builder, 'train', c.dataset)}
 
-  def epoch_rows(epoch):
-    return input_pipeline.epoch_rows(num_train, c.batch_size, c.seed, epoch)
-
-  return _device_data(c, num_train * int(np.prod(setup.image_shape)), load, epoch_rows)
+  return _device_data(setup, num_train, int(np.prod(setup.image_shape)), load, c.seed)
 
 
 def stage1_spec(setup: experiment.Setup) -> train.StageSpec:
@@ -116,12 +127,9 @@ def stage2_spec(setup: experiment.Setup) -> train.StageSpec:
         codes, global_batch_size=batch_size, shuffle_seed=c.seed + 1, epoch=epoch,
         skip_batches=skip))
 
-  def epoch_rows(epoch):
-    return input_pipeline.epoch_rows(codes.num_examples, batch_size, c.seed + 1, epoch)
-
   device_data = _device_data(
-      c, codes.num_examples * codes.latent_dim * 2 * 4,  # μ and σ, float32.
-      lambda: codes.load(0, codes.num_examples), epoch_rows)
+      setup, codes.num_examples, codes.latent_dim * 2 * 4,  # μ and σ, float32.
+      lambda: codes.load(0, codes.num_examples), c.seed + 1)
   return train.StageSpec(
       name='stage2', model=setup.model2, config=c.stage2, prepare_input=train.latent_input,
       example_input=_example_input(setup, 'stage2', batch_size // jax.process_count()),

@@ -17,7 +17,9 @@ resumed runs replay exactly the noise of an uninterrupted one.
 """
 
 import dataclasses
+import functools
 import itertools
+import math
 import signal
 import time
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
@@ -33,6 +35,7 @@ import optax
 
 from tsvae import checkpointing
 from tsvae import config_lib
+from tsvae import epoch_order
 from tsvae import faults
 from tsvae import losses
 from tsvae import metric_logging
@@ -254,11 +257,43 @@ def jit_scanned_steps(train_step, mesh: Mesh):
 _UINT8_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255)
 
 
-def _device_batch(data: Mapping[str, jax.Array], rows: jax.Array) -> Dict[str, jax.Array]:
+def _as_integers(x: jax.Array) -> jax.Array:
+  """Floats reinterpreted as same-width integers (exact under a sum with zeros); ints as is."""
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    return jax.lax.bitcast_convert_type(x, jnp.dtype(f'int{8 * x.dtype.itemsize}'))
+  return x
+
+
+def gather_rows(mesh: Mesh, data: jax.Array, rows: jax.Array) -> jax.Array:
+  """data[rows], sharded on 'data': `data` is sharded on 'data' along its rows, `rows` [B] is
+  replicated.
+
+  Each device gathers the rows it holds (zeros for the others); a reduce-scatter over 'data' of
+  those partial batches, summed as integers (exact: one term is non-zero), leaves each device
+  its 1/D of the batch. One batch of examples crosses the interconnect per step.
+  """
+
+  def local(shard, rows):
+    size = shard.shape[0]
+    local_rows = rows - jax.lax.axis_index('data') * size
+    held = (local_rows >= 0) & (local_rows < size)
+    values = jnp.take(shard, jnp.clip(local_rows, 0, size - 1), axis=0)
+    values = jnp.where(held.reshape(held.shape + (1,) * (values.ndim - 1)), values,
+                       jnp.zeros((), values.dtype))
+    summed = jax.lax.psum_scatter(_as_integers(values), 'data', scatter_dimension=0,
+                                  tiled=True)
+    return jax.lax.bitcast_convert_type(summed, values.dtype)
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(P('data'), P()), out_specs=P('data'))(
+      data, rows)
+
+
+def _device_batch(mesh: Mesh, data: Mapping[str, jax.Array],
+                  rows: jax.Array) -> Dict[str, jax.Array]:
   """The rows of the device-resident arrays, as the host pipeline would have fed them."""
   batch = {}
   for key, array in data.items():
-    values = jnp.take(array, rows, axis=0)
+    values = gather_rows(mesh, array, rows)
     if values.dtype == jnp.uint8:
       values = jnp.take(jnp.asarray(_UINT8_TO_UNIT), values.astype(jnp.int32), axis=0)
     batch[key] = values
@@ -266,35 +301,67 @@ def _device_batch(data: Mapping[str, jax.Array], rows: jax.Array) -> Dict[str, j
 
 
 def jit_gathered_steps(train_step, mesh: Mesh):
-  """(state, device arrays, rows [n, B]) → (state after n steps, metrics stacked [n]).
+  """(state, device arrays, epoch rows [S, B], first, num) → (state after `num` steps, metrics
+  stacked [num]).
 
-  Step i trains on `data[rows[i]]`; the data stay on the devices (replicated: each device holds
-  the whole training set and gathers its own slice of every global batch, with no communication).
+  Step i of the call trains on `data[rows[first + i]]`. The data are sharded on 'data' along
+  their rows (`put_sharded`) and the epoch's rows come from `jit_epoch_rows`: nothing but the
+  call's first step index leaves the host. `num` is static (one compilation per call length).
   """
-  batch_sharding = batch_sharded(mesh)
 
-  def run(state, data, rows):
+  def run(state, data, rows, first, num):
     def body(state, step_rows):
-      batch = jax.lax.with_sharding_constraint(_device_batch(data, step_rows), batch_sharding)
-      return train_step(state, batch)
-    return jax.lax.scan(body, state, rows)
+      return train_step(state, _device_batch(mesh, data, step_rows))
+    return jax.lax.scan(body, state, jax.lax.dynamic_slice_in_dim(rows, first, num))
 
-  return jax.jit(run, in_shardings=(replicated(mesh), replicated(mesh), calls_sharded(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)),
+  return jax.jit(run, static_argnums=(4,), out_shardings=(replicated(mesh), replicated(mesh)),
                  donate_argnums=(0,), compiler_options=_compiler_options(mesh))
 
 
-def put_replicated(arrays: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
-  """Host arrays (identical in every process) → global arrays replicated on every device."""
-  sharding = replicated(mesh)
-  return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
-          for k, v in arrays.items()}
+def jit_epoch_rows(num_examples: int, global_batch_size: int, shuffle_seed: Optional[int],
+                   mesh: Mesh):
+  """epoch → int32 [S, B] on the devices (replicated): `epoch_order.global_batches`, the rows of
+  each global batch of that epoch, computed there."""
+  return jax.jit(functools.partial(epoch_order.global_batches, num_examples, global_batch_size,
+                                   shuffle_seed), out_shardings=replicated(mesh))
 
 
-def put_rows(rows: np.ndarray, mesh: Mesh) -> jax.Array:
-  """Global batch rows [n, global_batch] (identical in every process) → sharded on 'data'."""
-  return jax.make_array_from_callback(rows.shape, calls_sharded(mesh),
-                                      lambda index: rows[index])
+def put_sharded(arrays: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
+  """Host arrays (the whole split, identical in every process) → global arrays sharded on 'data'
+  along their rows, zero-padded to a multiple of the devices: each device holds ⌈N/D⌉ rows."""
+  sharding = batch_sharded(mesh)
+  num_devices = mesh.devices.size
+  placed = {}
+  for key, values in arrays.items():
+    n = len(values)
+    padded = -(-n // num_devices) * num_devices
+
+    def block(index, values=values, n=n, padded=padded):
+      start, stop, _ = index[0].indices(padded)
+      out = np.zeros((stop - start,) + values.shape[1:], values.dtype)
+      held = values[start:min(stop, n)]
+      out[:len(held)] = held
+      return out
+
+    placed[key] = jax.make_array_from_callback((padded,) + values.shape[1:], sharding, block)
+  return placed
+
+
+AUTO_STEPS_PER_CALL_MAX = 1000
+
+
+def auto_steps_per_call(platform: str, log_every_steps: int, checkpoint_every_steps: int) -> int:
+  """What `steps_per_call=0` (auto) runs on `platform`.
+
+  CPU: 1, one step per call (XLA:CPU runs the convolutional step several times slower inside
+  `lax.scan`; README, Mixed precision and the batch-256 step). Accelerators: the largest
+  divisor of both log_every_steps and checkpoint_every_steps up to AUTO_STEPS_PER_CALL_MAX, so
+  that every call is whole and a log window is one or a few calls.
+  """
+  if platform == 'cpu':
+    return 1
+  both = math.gcd(int(log_every_steps), int(checkpoint_every_steps))
+  return next(k for k in range(min(both, AUTO_STEPS_PER_CALL_MAX), 0, -1) if both % k == 0)
 
 
 def call_length(step: int, stop: int, steps_per_call: int) -> int:
@@ -319,11 +386,14 @@ class DeviceData:
   Attributes:
     load: () → the whole training split as host arrays {key: [N, ...]}, the same in every
       process (uint8 images are fed as float32 / 255, as the host pipeline feeds them).
-    epoch_rows: epoch → int [batches, global_batch]: the rows of the split in each global
-      batch of that epoch, in order; the same rows the host pipeline's `epoch_batches` yields.
+    num_examples: N.
+    shuffle_seed: the stage's shuffle seed: each epoch's global batches are
+      `epoch_order.global_batches(N, global_batch, shuffle_seed, epoch)`, the rows the host
+      pipeline's `epoch_batches` yields (None: the stored order).
   """
   load: Callable[[], Mapping[str, np.ndarray]]
-  epoch_rows: Callable[[int], np.ndarray]
+  num_examples: int
+  shuffle_seed: Optional[int]
 
 
 @dataclasses.dataclass
@@ -598,18 +668,20 @@ def _epoch_calls(spec: StageSpec, train_step, mesh: Mesh, steps_per_call: int):
 
     return host_calls
 
+  device_data = spec.device_data
   gather_fn = jit_gathered_steps(train_step, mesh)
-  data = put_replicated(spec.device_data.load(), mesh)  # Once per stage.
+  rows_fn = jit_epoch_rows(device_data.num_examples, spec.examples_per_batch,
+                           device_data.shuffle_seed, mesh)
+  data = put_sharded(device_data.load(), mesh)  # Once per stage.
 
   def device_calls(state, epoch, skip, next_stop):
-    rows = np.asarray(spec.device_data.epoch_rows(epoch), np.int32)[:per_epoch]
+    rows = rows_fn(epoch)  # On the devices; [per_epoch, B].
     step, offset = epoch * per_epoch + skip, skip
-    while offset < len(rows):
+    while offset < per_epoch:
       num = call_length(step, next_stop(step), steps_per_call)
-      call_rows = rows[offset:offset + num]
-      state, metrics = gather_fn(state, data, put_rows(call_rows, mesh))
-      step, offset = step + len(call_rows), offset + len(call_rows)
-      yield state, len(call_rows), metrics
+      state, metrics = gather_fn(state, data, rows, offset, num)
+      step, offset = step + num, offset + num
+      yield state, num, metrics
 
   return device_calls
 
