@@ -277,3 +277,40 @@ def test_zero_debias_batch_norm_matches_tf1_assign_moving_average_by_hand():
                              rtol=1e-5, atol=1e-5)
   jax.tree_util.tree_map(np.testing.assert_array_equal, upd['batch_stats'],
                          variables['batch_stats'])  # Eval changes nothing.
+
+
+@pytest.mark.parametrize('shape, k, s, padding', [
+    ((3, 28, 28, 1, 64), 4, 2, 'SAME'), ((2, 14, 14, 64, 8), 4, 2, 'SAME'),
+    ((2, 7, 9, 5, 3), 3, 1, 'SAME'), ((2, 9, 9, 3, 4), 3, 2, 'VALID'),
+    ((2, 8, 8, 2, 3), 5, 3, 'SAME')])
+def test_conv2d_gradients_are_autodiffs(shape, k, s, padding):
+  """conv2d's hand-written canonical gradients equal autodiff of the plain convolution."""
+  b, h, w, c, o = shape
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(b, h, w, c)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k, k, c, o)), jnp.float32)
+  loss = lambda conv: (lambda x, kern: jnp.sum(jnp.sin(conv(x, kern, (s, s), padding))))
+  want = jax.grad(loss(layers._conv), (0, 1))(x, kernel)  # pylint: disable=protected-access
+  got = jax.grad(loss(layers.conv2d), (0, 1))(x, kernel)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
+
+
+def test_scanned_infogan_step_compiles_only_canonical_convolutions():
+  """Inside lax.scan every convolution of the InfoGAN step (forward, input and kernel
+  gradients, transposed convolutions) is NHWC/HWIO → NHWC, the form XLA:CPU runs with its
+  Eigen kernels; before, the scan body kept autodiff's other dimension orders and ran ~4x
+  slower (docs/design.md, Scanned steps)."""
+  import re  # pylint: disable=g-import-not-at-top
+  from tsvae import losses, models, train  # pylint: disable=g-import-not-at-top
+  model = models.make_stage1_model('infogan', (28, 28, 1), 4)
+  x = np.zeros((2, 4, 28, 28, 1), np.float32)
+  state = train.create_train_state(model, x[0], base_rng=jax.random.PRNGKey(0),
+                                   tx=train.make_optimizer(lambda step: 1e-4))
+  step = train.make_train_step(model, prepare_input=train.image_input,
+                               objective=losses.make_objective('vae'))
+  text = jax.jit(lambda s, b: jax.lax.scan(step, s, b)).lower(state, {'image': x}).compile(
+      ).as_text()
+  labels = re.findall(r' convolution\(.*?dim_labels=([^,\s]+)', text)
+  assert len(labels) >= 10  # 2 convs + 2 transposed, each with its gradients.
+  assert set(labels) == {'b01f_01io->b01f'}, labels

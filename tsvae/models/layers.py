@@ -80,6 +80,66 @@ def _conv(y: Array, kernel: Array, strides: tuple[int, int], padding: str) -> Ar
       dimension_numbers=_DIMENSION_NUMBERS)
 
 
+def _explicit_pads(in_hw, kernel_hw, strides, padding) -> list[tuple[int, int]]:
+  return [tuple(p) for p in lax.padtype_to_pads(tuple(in_hw), tuple(kernel_hw), strides,
+                                                 padding)]
+
+
+# Every convolution of the fast paths below is "canonical" for XLA:CPU: NHWC input, HWIO kernel,
+# NHWC output, with any transposes explicit. Autodiff of a convolution produces kernel
+# gradients (feature and batch dimensions swapped) and input gradients (kernel in/out swapped)
+# in other dimension orders; XLA:CPU rewrites those into the canonical form only in a program's
+# entry computation, not inside a loop body, and runs a non-canonical convolution with a generic
+# loop nest instead of its Eigen kernels. Inside `lax.scan` (steps_per_call > 1) that made the
+# InfoGAN step ~4x slower here (docs/design.md, "Scanned steps").
+
+
+def _conv_input_grad(g: Array, kernel: Array, strides: tuple[int, int],
+                     pads: Sequence[tuple[int, int]], in_hw: Sequence[int]) -> Array:
+  """The adjoint of ``conv(., kernel)`` w.r.t. its input [B, *in_hw, I], applied to g, as one
+  canonical convolution: g dilated by the strides, the kernel flipped with in/out swapped."""
+  flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+  padding = []
+  for n, k, s, (lo, _), m in zip(in_hw, kernel.shape[:2], strides, pads, g.shape[1:3]):
+    before = k - lo - 1
+    padding.append((before, n + k - 1 - ((m - 1) * s + 1) - before))
+  return lax.conv_general_dilated(g, flipped, window_strides=(1, 1), padding=padding,
+                                  lhs_dilation=strides, dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def _conv_kernel_grad(x: Array, g: Array, strides: tuple[int, int],
+                      pads: Sequence[tuple[int, int]], kernel_hw: Sequence[int]) -> Array:
+  """The gradient w.r.t. the HWIO kernel of ``conv(x, kernel)`` with cotangent g, as one
+  canonical convolution: x's channels as the batch, g as a stride-dilated kernel."""
+  padding = [(lo, (m - 1) * s + k - n - lo)
+             for n, k, s, (lo, _), m in zip(x.shape[1:3], kernel_hw, strides, pads, g.shape[1:3])]
+  out = lax.conv_general_dilated(
+      jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), window_strides=(1, 1),
+      padding=padding, rhs_dilation=strides, dimension_numbers=_DIMENSION_NUMBERS)
+  return jnp.transpose(out, (1, 2, 0, 3))  # [I, kh, kw, O] → HWIO.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: Array, kernel: Array, strides: tuple[int, int], padding: str) -> Array:
+  """``_conv`` (``tf.nn.conv2d``) whose gradients are canonical convolutions (see above)."""
+  return _conv(x, kernel, strides, padding)
+
+
+def _conv2d_fwd(x, kernel, strides, padding):
+  return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, res, g):
+  x, kernel = res
+  pads = _explicit_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
+  dx = _conv_input_grad(g, kernel, strides, pads, x.shape[1:3])
+  dkernel = _conv_kernel_grad(x, g, strides, pads, kernel.shape[:2])
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
 def _transposed_output_size(size: int, k: int, s: int, padding: str) -> int:
   """Spatial output size of ``tf.layers.conv2d_transpose`` (``deconv_output_length``)."""
   if padding == 'SAME':
@@ -124,23 +184,32 @@ def _transpose_of_conv(x: Array, kernel: Array, strides: tuple[int, int], paddin
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_transpose_fast(x, kernel, strides, padding, out_shape):
-  return _transpose_of_conv(x, kernel, strides, padding, out_shape)
+  return _canonical_transpose_of_conv(x, kernel, strides, padding, out_shape)
+
+
+def _canonical_transpose_of_conv(x, kernel, strides, padding, out_shape):
+  """`_transpose_of_conv` as one canonical convolution (`_conv_input_grad`)."""
+  dtype = jnp.result_type(x, kernel)
+  pads = _explicit_pads(out_shape[1:3], kernel.shape[:2], strides, padding)
+  return _conv_input_grad(x.astype(dtype), kernel.astype(dtype), strides, pads, out_shape[1:3])
 
 
 def _conv_transpose_fast_fwd(x, kernel, strides, padding, out_shape):
-  out = _transpose_of_conv(x, kernel, strides, padding, out_shape)
+  out = _canonical_transpose_of_conv(x, kernel, strides, padding, out_shape)
   return out, (x, kernel)
 
 
 def _conv_transpose_fast_bwd(strides, padding, out_shape, res, g):
-  del out_shape
   x, kernel = res
   # conv_transpose(x, W) = A_W^T x with A_W y = conv(y, W); hence
   # <g, A_W^T x> = <conv(g, W), x>: the input gradient is the ordinary strided conv of
   # the cotangent, and the kernel gradient is that conv's ordinary weight gradient
-  # evaluated at input g with cotangent x.
-  dx, kernel_vjp = jax.vjp(lambda w: _conv(g, w, strides, padding), kernel)
-  (dkernel,) = kernel_vjp(x.astype(dx.dtype))
+  # evaluated at input g with cotangent x (both canonical convolutions).
+  dtype = jnp.result_type(g, kernel)
+  g, x_cast = g.astype(dtype), x.astype(dtype)
+  dx = _conv(g, kernel.astype(dtype), strides, padding)
+  pads = _explicit_pads(out_shape[1:3], kernel.shape[:2], strides, padding)
+  dkernel = _conv_kernel_grad(g, x_cast, strides, pads, kernel.shape[:2])
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
@@ -387,8 +456,8 @@ class SNConv(nn.Module):
   dtype: Any = jnp.float32  # Compute dtype of the convolution; sigma is float32 either way.
 
   def _product(self, x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
-    return _conv(x.astype(self.dtype), kernel.astype(self.dtype), strides,
-                 'SAME').astype(jnp.float32)
+    return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), strides,
+                  'SAME').astype(jnp.float32)
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool) -> Array:
