@@ -155,7 +155,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Train steps per jitted call (lax.scan); calls end at every log / checkpoint / epoch boundary.
   # Results equal 1 step per call to float tolerance (bitwise for any two values > 1;
   # docs/design.md, Scanned steps). SIGTERM waits for the current call. 0 = auto: 1 on CPUs
-  # (XLA:CPU's scanned conv step is slower), on accelerators the largest divisor of
+  # (no faster scanned there), on accelerators the largest divisor of
   # log_every_steps and checkpoint_every_steps up to 1,000 (100 with these defaults).
   config.steps_per_call = 0
   return config

@@ -353,8 +353,8 @@ AUTO_STEPS_PER_CALL_MAX = 1000
 def auto_steps_per_call(platform: str, log_every_steps: int, checkpoint_every_steps: int) -> int:
   """What `steps_per_call=0` (auto) runs on `platform`.
 
-  CPU: 1, one step per call (XLA:CPU runs the convolutional step several times slower inside
-  `lax.scan`; README, Mixed precision and the batch-256 step). Accelerators: the largest
+  CPU: 1, one step per call (the scanned InfoGAN step is about as fast there, and 1 keeps the
+  bitwise resumption of workdirs started with it; docs/design.md). Accelerators: the largest
   divisor of both log_every_steps and checkpoint_every_steps up to AUTO_STEPS_PER_CALL_MAX, so
   that every call is whole and a log window is one or a few calls.
   """
