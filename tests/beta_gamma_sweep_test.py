@@ -19,26 +19,6 @@ TINY = ['batch_size=8', 'stage2.depth=1', 'stage2.width=32', 'sampling.num_grid_
         'eval.classifier_epochs=1', 'eval.allow_download=false']
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _shared_compilation_cache(tmp_path_factory):
-  """Every run is a `tsvae.main` subprocess compiling the same tiny InfoGAN steps: JAX's
-  persistent compilation cache (inherited through the environment) compiles them once."""
-  saved = {k: os.environ.get(k) for k in _CACHE_ENV}
-  os.environ.update({'JAX_COMPILATION_CACHE_DIR': str(tmp_path_factory.mktemp('jax_cache')),
-                     'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-                     'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'})
-  yield
-  for k, v in saved.items():
-    if v is None:
-      os.environ.pop(k, None)
-    else:
-      os.environ[k] = v
-
-
-_CACHE_ENV = ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS',
-              'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES')
-
-
 def _argv(tmp_path, *extra):
   return ([f'--manual_dir={tmp_path / "mnist"}', f'--root={tmp_path / "root"}',
            f'--cache_dir={tmp_path / "cache"}', '--steps=4', '--latent_dim=4',

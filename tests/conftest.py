@@ -1,10 +1,25 @@
 """Test set-up: two host CPU devices (set before JAX is imported) and shared fixtures."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+# One JAX persistent compilation cache for the whole session: the xdist workers and every
+# `tsvae.main` subprocess inherit it through the environment, so the same tiny InfoGAN and
+# stage-2 programs, which dozens of tests and subprocess runs build, compile once. A cached
+# executable is the one a fresh compilation makes, so bitwise tests are unaffected. The
+# controller (or a run without xdist) creates it and removes it at the end; a cache the user
+# set already is used as it is.
+_OWN_COMPILATION_CACHE = None
+if 'PYTEST_XDIST_WORKER' not in os.environ and 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _OWN_COMPILATION_CACHE = tempfile.mkdtemp(prefix='tsvae-tests-jax-cache-')
+  os.environ.update({'JAX_COMPILATION_CACHE_DIR': _OWN_COMPILATION_CACHE,
+                     'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+                     'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'})
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -20,6 +35,12 @@ def _hide_gpus_from_tensorflow():
   except Exception:  # pylint: disable=broad-except
     pass
   yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWN_COMPILATION_CACHE:
+    shutil.rmtree(_OWN_COMPILATION_CACHE, ignore_errors=True)
 
 
 def shared_data(name: str) -> str:
