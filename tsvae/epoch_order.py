@@ -1,7 +1,7 @@
 """Each epoch's example order of an in-memory training set: one JAX function of (seed, epoch).
 
 The scanned train loop computes it on the devices (`global_batches` inside a jitted call), and
-the in-memory host pipeline computes the same order on the host's CPU (`host_permutation`), so a
+the in-memory host pipeline computes the same order on the host's CPU (`host_order`), so a
 run fed either way trains on the same global batches:
 - a pure function of (seed, epoch): a resumed run replays its epochs exactly;
 - the whole permutation in every process: the same global batches for any process count;
@@ -43,10 +43,15 @@ def global_batches(num_examples: int, global_batch_size: int, seed: Optional[int
 
   seed None keeps the stored order. Traceable in `epoch`: the scanned loop calls it on device.
   """
-  n, batch = int(num_examples), int(global_batch_size)
+  n = int(num_examples)
   order = jnp.arange(n, dtype=jnp.int32) if seed is None else permutation(n, seed, epoch)
-  num_batches = n // batch
-  return order[:num_batches * batch].reshape(num_batches, batch)
+  return _batched(order, global_batch_size)
+
+
+def _batched(order, global_batch_size: int):
+  """The order cut into whole global batches (the last partial one dropped); numpy or JAX."""
+  num_batches = len(order) // int(global_batch_size)
+  return order[:num_batches * int(global_batch_size)].reshape(num_batches, -1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -54,10 +59,19 @@ def _jitted_permutation(num_examples: int, seed: int):
   return jax.jit(lambda epoch: permutation(num_examples, seed, epoch))
 
 
-def host_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  """`permutation` computed on the host's CPU, as a numpy array (the host pipeline's order)."""
+def host_order(num_examples: int, seed: Optional[int], epoch: int) -> np.ndarray:
+  """`permutation` (the stored order for seed None) computed on the host's CPU, as numpy: the
+  host in-memory pipeline's order."""
   if int(epoch) < 0:
     raise ValueError(f'epoch must be >= 0, got {epoch}.')
+  if seed is None:
+    return np.arange(int(num_examples), dtype=np.int32)
   # This process's own CPU device (jax.devices('cpu')[0] is process 0's in a multi-process run).
   epoch_on_cpu = jax.device_put(np.int32(epoch), jax.local_devices(backend='cpu')[0])
   return np.asarray(_jitted_permutation(int(num_examples), int(seed))(epoch_on_cpu))
+
+
+def host_global_batches(num_examples: int, global_batch_size: int, seed: Optional[int],
+                        epoch: int) -> np.ndarray:
+  """`global_batches` computed on the host's CPU, as numpy."""
+  return _batched(host_order(num_examples, seed, epoch), global_batch_size)

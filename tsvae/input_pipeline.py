@@ -472,12 +472,6 @@ def _tf_seed(seed: int, epoch: int, process_index: int) -> int:
   return int(state) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def _epoch_permutation(n: int, shuffle_seed: Optional[int], epoch: int) -> np.ndarray:
-  """The in-memory order of `epoch`: `epoch_order`'s, which the scanned loop computes on device."""
-  return np.arange(n) if shuffle_seed is None else epoch_order.host_permutation(
-      n, shuffle_seed, epoch)
-
-
 def _deterministic_options():
   tf = _tf('tf.data')
   options = tf.data.Options()
@@ -567,7 +561,7 @@ def _in_memory_epoch(arrays: Dict[str, np.ndarray], global_batch: int,
   """
   n = len(next(iter(arrays.values())))
   local_batch = global_batch // process_count
-  order = _epoch_permutation(n, shuffle_seed, epoch)
+  order = epoch_order.host_order(n, shuffle_seed, epoch)
   num_batches = n // global_batch if drop_remainder else -(-n // global_batch)
   rows = []
   for b in range(min(skip_batches, num_batches), num_batches):
@@ -579,18 +573,14 @@ def _in_memory_epoch(arrays: Dict[str, np.ndarray], global_batch: int,
 
 def epoch_rows(num_examples: int, global_batch_size: int, shuffle_seed: Optional[int],
                epoch: int) -> np.ndarray:
-  """int64 [num_examples // global_batch_size, global_batch_size]: the rows of each global batch.
+  """int32 [num_examples // global_batch_size, global_batch_size]: the rows of each global batch.
 
   Row b holds the indices (into the whole stored split) of the examples of global batch b of
   `epoch`: the batches `make_image_dataset` and `make_latent_dataset` yield for an in-memory
   data set (process p's slice of batch b is its p-th 1/P), the last partial batch dropped. The
   scanned train loop gathers these rows from the device-resident split.
   """
-  _check_epoch_args(epoch, 0)
-  n, batch = int(num_examples), int(global_batch_size)
-  order = _epoch_permutation(n, shuffle_seed, epoch)
-  num_batches = n // batch
-  return order[:num_batches * batch].reshape(num_batches, batch)
+  return epoch_order.host_global_batches(num_examples, global_batch_size, shuffle_seed, epoch)
 
 
 def training_images(builder, split: str, dataset: str) -> np.ndarray:
