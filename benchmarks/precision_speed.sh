@@ -3,7 +3,10 @@
 # PyTorch yardstick (eager float32 and bf16 autocast), side by side in one run, one device;
 # then the scanned paths, stage 2 and the batch-256 profile (below).
 #
-#   bash benchmarks/precision_speed.sh [OUT_DIR]      (default benchmarks/results/precision_speed)
+#   bash benchmarks/precision_speed.sh [OUT_DIR [pairs]]  (default benchmarks/results/precision_speed)
+#
+# With `pairs` it runs only the side-by-side pairs (tsvae vs PyTorch, batch 64 and 256) and the
+# summary: a quick record for another machine.
 #
 # Needs the project's venv on PATH (python) and a torch venv for the yardstick (TORCH_PYTHON,
 # default /work/torchvenv/bin/python; see ../shared/bench/torch_infogan_step.py). Run it on a
@@ -11,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results/precision_speed}
+parts=${2:-all}
 mkdir -p "$out"
 for b in 64 256; do
   for dtype in float32 bfloat16; do
@@ -21,6 +25,7 @@ for b in 64 256; do
   python benchmarks/torch_yardstick.py --batch_size "$b" --autocast_bf16 \
       --out "$out/torch_b${b}_bf16_autocast.json" > /dev/null
 done
+if [[ "$parts" != pairs ]]; then
 # The scanned path (steps_per_call=10, batches resident on the device) at batch 64 (on XLA:CPU
 # it is several times slower than one step per call for the convolutional stage 1).
 python benchmarks/step_throughput.py stage1 --batch_size 64 --steps_per_call 10 \
@@ -39,6 +44,7 @@ python benchmarks/step_throughput.py stage1 --batch_size 256 \
 for b in 64 256; do
   python benchmarks/step_profile.py --batch_size "$b" --out "$out/profile_b${b}_float32.json" > /dev/null
 done
+fi
 python - "$out" <<'PY'
 import json, os, sys
 out = sys.argv[1]
@@ -48,7 +54,8 @@ for b in (64, 256):
   p32, p16 = rate(f'torch_b{b}_float32.json'), rate(f'torch_b{b}_bf16_autocast.json')
   print(f'b{b}: tsvae f32 {t32} bf16 {t16} | torch f32 {p32} autocast {p16} | '
         f'f32/f32 {t32 / p32:.2f}x bf16/autocast {t16 / p16:.2f}x bf16/f32 {t16 / p32:.2f}x')
-print('b64 scanned (10 per call):', rate('tsvae_b64_float32_scan10.json'))
-s1, s100 = rate('tsvae_stage2_b64_float32.json'), rate('tsvae_stage2_b64_float32_scan100.json')
-print(f'stage 2 b64: one step per call {s1}, scanned (100 per call) {s100} ({s100 / s1:.2f}x)')
+if os.path.exists(os.path.join(out, 'tsvae_b64_float32_scan10.json')):
+  print('b64 scanned (10 per call):', rate('tsvae_b64_float32_scan10.json'))
+  s1, s100 = rate('tsvae_stage2_b64_float32.json'), rate('tsvae_stage2_b64_float32_scan100.json')
+  print(f'stage 2 b64: one step per call {s1}, scanned (100 per call) {s100} ({s100 / s1:.2f}x)')
 PY
