@@ -29,6 +29,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 import step_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+TORCH_MODES = ('float32', 'bfloat16_autocast', 'bfloat16_input')
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--batch_size', type=int, default=50)
@@ -36,11 +39,19 @@ def parse_args(argv=None):
   p.add_argument('--reps', type=int, default=3)
   p.add_argument('--image_size', type=int, default=28)
   p.add_argument('--no_torch', action='store_true', help='only time tsvae')
+  p.add_argument('--torch_modes', default=','.join(TORCH_MODES),
+                 help='the PyTorch runs to time (a CPU without bf16 hardware emulates the '
+                      'bf16 ones, many times slower)')
   p.add_argument('--host_devices', type=int, default=1,
                  help='> 1: XLA_FLAGS=--xla_force_host_platform_device_count=N, so that '
                       'tsvae splits each batch over N CPU devices (cores)')
   p.add_argument('--out', default='')
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  args.torch_modes = [m.strip() for m in args.torch_modes.split(',') if m.strip()]
+  unknown = sorted(set(args.torch_modes) - set(TORCH_MODES))
+  if unknown:
+    p.error(f'unknown --torch_modes {unknown}; known: {", ".join(TORCH_MODES)}')
+  return args
 
 
 def _rate(fn, images, batch_size, batches):
@@ -95,7 +106,7 @@ def main(argv=None):
   torch_version = None
   if not args.no_torch:
     extra, torch_version = torch_runners(weights.path, os.cpu_count() or 1)
-    runners.update(extra)
+    runners.update({f'torch_{m}': extra[f'torch_{m}'] for m in args.torch_modes})
   rng = np.random.default_rng(0)
   images = rng.uniform(size=(args.batch_size, args.image_size, args.image_size, 3)).astype(
       np.float32)
@@ -115,7 +126,7 @@ def main(argv=None):
   ratios = {}
   if 'torch_float32' in median:
     for name in ('tsvae_float32', 'tsvae_bfloat16'):
-      for ref in ('torch_float32', 'torch_bfloat16_autocast', 'torch_bfloat16_input'):
+      for ref in [r for r in median if r.startswith('torch_')]:
         ratios[f'{name}/{ref}'] = round(median[name] / median[ref], 2)
   record = {
       'benchmark': 'fid_features', 'images_per_s': median, 'all_reps': rates, 'ratios': ratios,

@@ -82,3 +82,12 @@ def test_step_profile_flops_are_xla_counts():
   dense = jax.jit(step_profile._product('dense', jnp.float32))  # pylint: disable=protected-access
   assert step_profile.forward_flops(dense, jnp.zeros((2, 6272)),
                                     jnp.zeros((6272, 1024))) == 2 * 2 * 6272 * 1024
+
+
+def test_fid_speed_times_the_chosen_torch_modes_and_refuses_unknown_ones(capsys):
+  import fid_speed  # pylint: disable=g-import-not-at-top
+  assert fid_speed.parse_args([]).torch_modes == list(fid_speed.TORCH_MODES)
+  assert fid_speed.parse_args(['--torch_modes=float32']).torch_modes == ['float32']
+  with pytest.raises(SystemExit):
+    fid_speed.parse_args(['--torch_modes=float32,float16'])
+  assert "unknown --torch_modes ['float16']" in capsys.readouterr().err
