@@ -50,8 +50,9 @@ def global_batches(num_examples: int, global_batch_size: int, seed: Optional[int
 
 def _batched(order, global_batch_size: int):
   """The order cut into whole global batches (the last partial one dropped); numpy or JAX."""
-  num_batches = len(order) // int(global_batch_size)
-  return order[:num_batches * int(global_batch_size)].reshape(num_batches, -1)
+  batch = int(global_batch_size)
+  num_batches = len(order) // batch
+  return order[:num_batches * batch].reshape(num_batches, batch)
 
 
 @functools.lru_cache(maxsize=16)
