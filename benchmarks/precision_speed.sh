@@ -15,6 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results/precision_speed}
 parts=${2:-all}
+if [[ "$parts" != all && "$parts" != pairs ]]; then
+  echo "precision_speed.sh: the second argument is 'all' or 'pairs', got '$parts'" >&2
+  exit 2
+fi
 mkdir -p "$out"
 for b in 64 256; do
   for dtype in float32 bfloat16; do
