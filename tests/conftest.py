@@ -37,6 +37,22 @@ def _hide_gpus_from_tensorflow():
   yield
 
 
+# Fixtures that each cost a whole training run (or a weights conversion). Under xdist a session-
+# or module-scoped fixture is built once per worker that runs a test using it, so the tests that
+# share one are kept on one worker (`--dist loadgroup`, setup.cfg); the other tests spread freely.
+SHARED_RUN_FIXTURES = ('evaluated_run', 'finished_run', 'runs', 'mock_run', 'real_variables')
+
+
+@pytest.hookimpl(tryfirst=True)  # Before xdist's own hook reads the groups.
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    for name in SHARED_RUN_FIXTURES:
+      if name in getattr(item, 'fixturenames', ()):
+        item.add_marker(pytest.mark.xdist_group(name))
+        break
+
+
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if _OWN_COMPILATION_CACHE:
