@@ -16,7 +16,8 @@ PYTHONPATH). On the device, from the repository root (carry benchmarks/gpu_check
 It runs, in order, each step writing under $OUT:
 1. `env.json`: devices, versions, which optional packages exist.
 2. `throughput_stage1_b64.json`, `throughput_stage2_b64.json`, `throughput_stage2_b512.json`:
-   benchmarks/step_throughput.py (per-step path; img/s, compile time).
+   benchmarks/step_throughput.py (per-step path; img/s, compile time). `--tiny` (CI) times
+   stage 1 at its run's batch of 8 (`throughput_stage1_b8.json`).
 3. the plan: stage-1 and stage-2 epochs that fit the rest of the budget at those rates (or the
    epochs given), capped at the paper's 400 + 800;
 4. `python -m tsvae.main --config=configs/mnist.py` on the prepared arrays (evaluation off, stage 2
@@ -156,11 +157,17 @@ def plan_epochs(budget_s, rate1, rate2, num_train=MNIST_TRAIN, stage1_share=0.7,
   return fit(stage1_share, rate1, caps[0]), fit(1 - stage1_share, rate2, caps[1])
 
 
+def stage1_batch(args):
+  """The stage-1 batch of the run: the reference 64, or `--tiny`'s 8 (timed at the same size)."""
+  return 8 if args.tiny else 64
+
+
 def _utilisation(args, rates):
   """FLOPs per step (XLA's count, in a child process) × measured steps/s, against a peak."""
   out = {'peak_tflops': args.peak_tflops, 'peak': 'H200 dense TF32 tensor-core spec (float32 '
          'matmuls run as TF32 by default on the GPU); the FLOPs are XLA cost analysis'}
-  for key, mode, batch in (('stage1_b64', 'stage1', 64),
+  batch1 = stage1_batch(args)
+  for key, mode, batch in ((f'stage1_b{batch1}', 'stage1', batch1),
                            (f'stage2_b{args.stage2_batch}', 'stage2', args.stage2_batch)):
     extra = ['--latent_dim', '8', '--width', '32', '--depth', '1'] if args.tiny else []
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), 'flops', mode, str(batch),
@@ -244,7 +251,8 @@ def run(args):
 
   rates = {}
   if not args.skip_throughput:
-    for mode, batch in (('stage1', 64), ('stage2', 64), ('stage2', args.stage2_batch)):
+    for mode, batch in (('stage1', stage1_batch(args)), ('stage2', 64),
+                        ('stage2', args.stage2_batch)):
       if (mode, batch) == ('stage2', 64) and (args.stage2_batch == 64 or args.tiny):
         continue
       record = _throughput(args, mode, batch)
@@ -255,7 +263,7 @@ def run(args):
     summary['utilisation'] = _utilisation(args, rates)
 
   left = args.budget_s - (time.time() - t0) - args.reserve_s
-  auto = plan_epochs(left * args.scan_speedup, rates.get('stage1_b64'),
+  auto = plan_epochs(left * args.scan_speedup, rates.get(f'stage1_b{stage1_batch(args)}'),
                      rates.get(f'stage2_b{args.stage2_batch}'))
   epochs1 = args.stage1_epochs or auto[0]
   epochs2 = args.stage2_epochs or auto[1]
@@ -279,8 +287,7 @@ def run(args):
   summary['run_wall_s'] = round(time.time() - start, 1)
   rows = _last_rows(workdir)
   summary['last_metrics'] = rows
-  batch1 = 8 if args.tiny else 64
-  batches = {'stage1': batch1, 'stage2': args.stage2_batch or batch1}
+  batches = {'stage1': stage1_batch(args), 'stage2': args.stage2_batch or stage1_batch(args)}
   summary['training_images_per_sec'] = {  # The trainer's own rate at its last log line.
       stage: round(row['steps_per_sec'] * batches[stage], 1)
       for stage, row in rows.items() if stage in batches and 'steps_per_sec' in row}
