@@ -49,7 +49,7 @@ DEFAULT_DATA = os.path.join(REPO_ROOT, 'benchmarks', 'gpu_check_data')
 MNIST_TRAIN = 60_000
 PAPER_EPOCHS = (400, 800)
 OPTIONAL_MODULES = ('tensorflow', 'tensorflow_datasets', 'array_record', 'clu', 'ml_collections',
-                    'sklearn', 'PIL', 'matplotlib', 'torch', 'tensorboard')
+                    'sklearn', 'PIL', 'matplotlib', 'torch', 'tensorboard', 'tensorboardX')
 
 
 # ------------------------------------------------------------------------------------- prep

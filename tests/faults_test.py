@@ -238,7 +238,7 @@ def test_flipped_byte_in_a_latents_shard_is_one_clear_error(tmp_path, data, fini
   import shutil  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'run')
   shutil.copytree(finished_run, workdir)
-  shard, = glob.glob(os.path.join(workdir, 'latents', '*.tfrecord-*'))
+  shard = os.path.join(workdir, 'latents', 'tsvae_latents.npz')  # The run's latents (npz).
   _flip_one_byte(shard)
   before = _snapshot(workdir)
   result = _run(workdir, data)

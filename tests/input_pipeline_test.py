@@ -449,10 +449,11 @@ def _latents(n=26, k=5, seed=0):
           rng.uniform(0.01, 1, size=(n, k)).astype(np.float32))
 
 
-def _check_latent_round_trip(directory):
+def _check_latent_round_trip(directory, file_format='npz'):
   mu, sigma = _latents()
-  assert ip.write_latent_dataset(directory, mu, sigma) == os.path.abspath(directory)
+  assert ip.write_latent_dataset(directory, mu, sigma, file_format) == os.path.abspath(directory)
   latents = ip.read_latent_dataset_builder(directory)
+  assert latents.file_format == file_format
   assert (latents.num_examples, latents.latent_dim) == (26, 5)
   assert ip.num_examples(latents, 'train') == 26
   ds = ip.make_latent_dataset(latents, global_batch_size=4, shuffle_seed=None, epoch=0,
@@ -465,12 +466,13 @@ def _check_latent_round_trip(directory):
   return latents, mu, sigma
 
 
-def test_latent_round_trip_determinism_and_sharding(tmp_path):
+@pytest.mark.parametrize('file_format', ['npz', 'tfrecord'])
+def test_latent_round_trip_determinism_and_sharding(tmp_path, file_format):
   directory = str(tmp_path / 'latents')
-  latents, mu, sigma = _check_latent_round_trip(directory)
-  # Readable as an ordinary tfds dataset too.
-  stored = list(tfds.as_numpy(latents.as_tfds_builder().as_dataset(split='train')))
-  np.testing.assert_array_equal(np.stack([ex['mu'] for ex in stored]), mu)
+  latents, mu, sigma = _check_latent_round_trip(directory, file_format)
+  if file_format == 'tfrecord':  # Readable as an ordinary tfds dataset too.
+    stored = list(tfds.as_numpy(latents.as_tfds_builder().as_dataset(split='train')))
+    np.testing.assert_array_equal(np.stack([ex['mu'] for ex in stored]), mu)
 
   def epoch(**kwargs):
     args = dict(global_batch_size=4, shuffle_seed=3, epoch=0, skip_batches=0, process_index=0,
@@ -514,7 +516,7 @@ def test_latent_dataset_absent_or_incomplete(tmp_path):
     ip.make_latent_dataset(str(tmp_path / 'nothing'), global_batch_size=2, shuffle_seed=0,
                            epoch=0, skip_batches=0, process_index=0, process_count=1)
   directory = tmp_path / 'latents'
-  ip.write_latent_dataset(str(directory), *_latents())
+  ip.write_latent_dataset(str(directory), *_latents(), 'tfrecord')
   shard = next(p for p in directory.iterdir() if '.tfrecord-' in p.name)
   shard.write_bytes(shard.read_bytes()[:-10])  # Truncated after it was complete: corrupt.
   with pytest.raises(ip.CorruptLatents, match=f'is corrupt: {shard.name} has'):
@@ -527,6 +529,7 @@ def test_latent_dataset_absent_or_incomplete(tmp_path):
 def test_latents_are_real_under_mock_data(tmp_path):
   with tfds.testing.mock_data(num_examples=3):
     _check_latent_round_trip(str(tmp_path / 'latents'))
+    _check_latent_round_trip(str(tmp_path / 'tf_latents'), 'tfrecord')
 
 
 # ---------------------------------------------------------------------------------------------

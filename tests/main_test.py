@@ -77,20 +77,39 @@ def test_full_run_writes_everything(mock_run):
 
 
 def test_sample_grids_reach_tensorboard_as_images(mock_run):
-  """The three grids, at the final stage-2 step, as TensorBoard images equal to the PNGs."""
+  """The three grids, at the final stage-2 step, as TensorBoard images equal to the PNGs (written
+  by tensorboardX, read here with TensorFlow's event reader, as TensorBoard reads them)."""
+  import io  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   _, workdir, result = mock_run
   images = {}
   for path in glob.glob(os.path.join(workdir, 'tensorboard', 'samples', 'events.out.tfevents.*')):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
-        images[value.tag] = (event.step, tf.make_ndarray(value.tensor))
+        images[value.tag] = (event.step, value.image.encoded_image_string)
   assert set(images) == {'stage2_samples', 'stage1_samples', 'reconstructions'}
-  for name, (step, tensor) in images.items():
+  for name, (step, encoded) in images.items():
     assert step == 10, name  # The final stage-2 step.
-    encoded = tf.io.decode_png(tensor[2])  # [width, height, png bytes...]
+    decoded = np.asarray(Image.open(io.BytesIO(encoded)))
     png = np.asarray(Image.open(result['samples'][name]))
-    np.testing.assert_array_equal(np.asarray(encoded)[..., 0], png)
+    np.testing.assert_array_equal(decoded[..., 0] if decoded.ndim == 3 else decoded, png)
+
+
+def test_scalars_reach_tensorboard(mock_run):
+  """Every logged metrics.jsonl scalar is in the stage's TensorBoard events, at its step."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = mock_run
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  logged = {(r['step'], 'loss'): r['loss'] for r in rows if r['stage'] == 'stage1'}
+  seen = {}
+  for path in glob.glob(os.path.join(workdir, 'tensorboard', 'stage1', 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == 'loss':
+          seen[(event.step, 'loss')] = value.simple_value
+  assert seen.keys() == logged.keys() and logged
+  for key, value in logged.items():
+    assert seen[key] == pytest.approx(value, rel=1e-6)
 
 
 def test_restore_final_needs_neither_data_nor_latents(mock_run, tmp_path):

@@ -78,7 +78,8 @@ def test_smoke_run_without_tensorflow(tmp_path):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     stages = {json.loads(line)['stage'] for line in f}
   assert {'stage1', 'stage2'} <= stages
-  assert not os.path.exists(os.path.join(workdir, 'tensorboard', 'stage1'))  # clu needs TF.
+  # TensorBoard without TensorFlow (tensorboardX).
+  assert os.listdir(os.path.join(workdir, 'tensorboard', 'stage1'))[0].startswith('events.out.')
   with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:
     metrics = json.load(f)
   assert np.isfinite(metrics['proxy_fd_stage2'])  # The proxy classifier read the labels.
@@ -158,36 +159,37 @@ def test_real_mnist_array_record_equals_tf_route(tmp_path):
     pytest.skip('TensorFlow not installed: the tfrecord comparison did not run')
 
 
-# --------------------------------------------------- NumpyBatches = tf.data, npz latents
+# ------------------------------------- in-memory epochs are NumPy batches, npz latents
 
 
-@pytest.mark.skipif(not tf_optional.available(), reason='compares with tf.data')
-def test_numpy_batches_equal_tf_data(mnist_local, monkeypatch):
+def test_in_memory_epochs_are_numpy_batches_of_the_stored_rows(mnist_local):
+  """With TensorFlow installed too: no tf.data for in-memory data; the values are the stored
+  uint8 images (/ 255, correctly rounded) in the epoch's host order, process p's 1/P of each."""
   builder, _, _ = mnist_local
-
-  def both(make):
-    with_tf = make()
-    monkeypatch.setattr(tf_optional, 'available', lambda: False)
-    without = make()
-    monkeypatch.undo()
-    assert isinstance(without, ip.NumpyBatches) and not isinstance(with_tf, ip.NumpyBatches)
-    assert len(without) == int(with_tf.cardinality())
-    return with_tf, without
-
-  for kwargs in (dict(epoch=0), dict(epoch=3, skip_batches=2),
-                 dict(epoch=1, process_index=1, process_count=2), dict(shuffle_seed=None)):
-    args = dict(dataset='mnist', global_batch_size=8, shuffle_seed=5, process_index=0,
+  images = ip.training_images(builder, 'train', 'mnist')
+  for kwargs in (dict(epoch=0), dict(epoch=3, skip_batches=2), dict(shuffle_seed=None),
+                 dict(epoch=1, process_index=1, process_count=2)):
+    args = dict(dataset='mnist', global_batch_size=8, shuffle_seed=5, epoch=0, process_index=0,
                 process_count=1)
     args.update(kwargs)
-    a, b = both(lambda: ip.make_image_dataset(builder, 'train', **args))
-    for x, y in zip(_all(a), _all(b), strict=True):
-      assert x.dtype == y.dtype == np.float32
-      np.testing.assert_array_equal(x, y)  # Bitwise: uint8 / 255 correctly rounded both ways.
-  for kwargs in (dict(), dict(as_uint8=True), dict(num_examples=7, seed=3)):
-    a, b = both(lambda: ip.make_eval_dataset(builder, 'test', 'mnist', 5, **kwargs))
-    for x, y in zip(_all(a), _all(b), strict=True):
-      assert x.dtype == y.dtype
-      np.testing.assert_array_equal(x, y)
+    ds = ip.make_image_dataset(builder, 'train', **args)
+    assert isinstance(ds, ip.NumpyBatches)
+    rows = ip.epoch_rows(len(images), 8, args['shuffle_seed'], args['epoch'])
+    rows = rows[args.get('skip_batches', 0):]
+    rows = rows.reshape(len(rows), args['process_count'], -1)[:, args['process_index']]
+    got = _all(ds)
+    assert len(got) == len(ds) == len(rows)
+    for x, r in zip(got, rows):
+      assert x.dtype == np.float32
+      np.testing.assert_array_equal(x, images[r].astype(np.float32) / np.float32(255))
+  test_images = ip.training_images(builder, 'test', 'mnist')
+  for as_uint8 in (False, True):
+    ds = ip.make_eval_dataset(builder, 'test', 'mnist', 5, as_uint8=as_uint8)
+    assert isinstance(ds, ip.NumpyBatches)
+    got = np.concatenate(_all(ds))
+    want = test_images if as_uint8 else test_images.astype(np.float32) / np.float32(255)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
 
 
 def test_latents_npz_round_trip_and_damage(tmp_path, monkeypatch):
@@ -195,7 +197,7 @@ def test_latents_npz_round_trip_and_damage(tmp_path, monkeypatch):
   mu = rng.normal(size=(20, 4)).astype(np.float32)
   sigma = rng.uniform(size=(20, 4)).astype(np.float32)
   monkeypatch.setattr(tf_optional, 'available', lambda: False)
-  directory = ip.write_latent_dataset(str(tmp_path / 'latents'), mu, sigma)
+  directory = ip.write_latent_dataset(str(tmp_path / 'latents'), mu, sigma)  # npz by default.
   assert sorted(os.listdir(directory)) == ['tsvae_latents.json', 'tsvae_latents.npz']
   latents = ip.read_latent_dataset_builder(directory)
   assert latents.file_format == 'npz' and latents.num_examples == 20
@@ -207,12 +209,15 @@ def test_latents_npz_round_trip_and_damage(tmp_path, monkeypatch):
   np.testing.assert_array_equal(np.stack([b['mu'] for b in batches]), mu[rows])
   monkeypatch.undo()
   if tf_optional.available():  # tfrecord latents of the same arrays give the same batches.
-    tf_dir = ip.write_latent_dataset(str(tmp_path / 'tf_latents'), mu, sigma)
+    tf_dir = ip.write_latent_dataset(str(tmp_path / 'tf_latents'), mu, sigma, 'tfrecord')
     tf_batches = list(ip.as_numpy(ip.make_latent_dataset(
         tf_dir, global_batch_size=4, shuffle_seed=2, epoch=1, process_index=0,
         process_count=1)))
     for x, y in zip(batches, tf_batches, strict=True):
       np.testing.assert_array_equal(x['sigma'], y['sigma'])
+  with pytest.raises(ValueError, match="unknown latent file_format 'parquet'"):
+    ip.write_latent_dataset(str(tmp_path / 'other'), mu, sigma, 'parquet')
+  assert not os.path.exists(tmp_path / 'other')
   with open(os.path.join(directory, 'tsvae_latents.npz'), 'r+b') as f:
     f.seek(-8, os.SEEK_END)
     f.write(b'\0' * 8)

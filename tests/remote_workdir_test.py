@@ -219,10 +219,11 @@ def _latents(n, k=5, seed=0):
           rng.uniform(0.1, 1.0, (n, k)).astype(np.float32))
 
 
-def test_latent_dataset_round_trip(ram):
+@pytest.mark.parametrize('file_format', ['npz', 'tfrecord'])
+def test_latent_dataset_round_trip(ram, file_format):
   directory = f'{ram}/run/latents'
   mu, sigma = _latents(26)
-  assert ip.write_latent_dataset(directory, mu, sigma) == directory
+  assert ip.write_latent_dataset(directory, mu, sigma, file_format) == directory
   latents = ip.read_latent_dataset_builder(directory)
   assert (latents.num_examples, latents.latent_dim) == (26, 5)
   np.testing.assert_array_equal(latents.load()['mu'], mu)
@@ -232,8 +233,9 @@ def test_latent_dataset_round_trip(ram):
   seen = np.concatenate([b['mu'] for b in batches])
   assert len(seen) == 24 and len({row.tobytes() for row in seen}) == 24
   assert {row.tobytes() for row in seen} <= {row.tobytes() for row in mu}
-  files = fileio.listdir(directory)
-  assert {'dataset_info.json', 'features.json', 'tsvae_latents.json'} <= set(files)
+  files = set(fileio.listdir(directory))
+  assert files == {'tsvae_latents.json', 'tsvae_latents.npz'} if file_format == 'npz' else (
+      {'dataset_info.json', 'features.json', 'tsvae_latents.json'} <= files)
   # A new version replaces the old one whole (no stale shard or temporary left).
   mu2, sigma2 = _latents(8, seed=1)
   ip.write_latent_dataset(directory, mu2, sigma2)
@@ -243,7 +245,7 @@ def test_latent_dataset_round_trip(ram):
 
 def test_half_uploaded_latents_are_not_complete(ram, monkeypatch):
   directory = f'{ram}/run/latents'
-  ip.write_latent_dataset(directory, *_latents(26))
+  ip.write_latent_dataset(directory, *_latents(26), 'tfrecord')
 
   class Died(Exception):
     pass
@@ -256,7 +258,7 @@ def test_half_uploaded_latents_are_not_complete(ram, monkeypatch):
   # The writer dies after the shards were uploaded, before the marker.
   monkeypatch.setattr(ip.faults, 'kill_here', die_at)
   with pytest.raises(Died):
-    ip.write_latent_dataset(directory, *_latents(30, seed=2))
+    ip.write_latent_dataset(directory, *_latents(30, seed=2), 'tfrecord')
   monkeypatch.undo()
   shards = [f for f in fileio.listdir(directory) if '.tfrecord-' in f]
   assert shards and 'tsvae_latents.json' not in fileio.listdir(directory)
@@ -271,7 +273,7 @@ def test_truncated_or_missing_latent_files_are_refused(ram):
   directory = f'{ram}/run/latents'
   with pytest.raises(ip.DataError, match='does not exist'):
     ip.read_latent_dataset_builder(directory)
-  ip.write_latent_dataset(directory, *_latents(26))
+  ip.write_latent_dataset(directory, *_latents(26), 'tfrecord')
   shard = next(f for f in fileio.listdir(directory) if '.tfrecord-' in f)
   data = fileio.read_bytes(f'{directory}/{shard}')
   fileio.atomic_write_bytes(f'{directory}/{shard}', data[:-7])
@@ -286,7 +288,7 @@ def test_truncated_or_missing_latent_files_are_refused(ram):
 def test_flipped_byte_in_a_latent_shard_is_corrupt_not_incomplete(ram):
   directory = f'{ram}/run/latents'
   mu, sigma = _latents(26)
-  ip.write_latent_dataset(directory, mu, sigma)
+  ip.write_latent_dataset(directory, mu, sigma, 'tfrecord')
   shard = next(f for f in fileio.listdir(directory) if '.tfrecord-' in f)
   data = bytearray(fileio.read_bytes(f'{directory}/{shard}'))
   data[len(data) // 2] ^= 0x01  # Same size: only the checksum can tell.

@@ -20,19 +20,20 @@ Datasets: 'mnist', 'fashion_mnist', 'cifar10', 'celeba', 'celeba140'.
   (`steps_per_call` > 1), which gathers its batches on the devices.
 * `make_eval_dataset` gives deterministic batches in split order (last one may be partial),
   optionally of a seeded random subset.
-* Stage-2 latents are stored as a tfds-format directory (tfrecord + tfds metadata) by
-  `write_latent_dataset` (atomically) and read back with `read_latent_dataset_builder` /
-  `make_latent_dataset`. Reading goes straight to the tfrecord files (not through
+* Stage-2 latents are stored by `write_latent_dataset` (atomically; one `.npz` by default, or
+  a tfds-format tfrecord directory) and read back with `read_latent_dataset_builder` /
+  `make_latent_dataset`. Reading goes straight to the files (never through
   `DatasetBuilder.as_dataset`), so the true values come back even inside
   `tfds.testing.mock_data`, which replaces every builder's `as_dataset` with random data.
 
-Without TensorFlow (a base install; `tsvae.datasets.tf_optional`): the in-memory data sets are
-read from the local builders' array_record files with `tfds.data_source` (or from prepared
-arrays, `tsvae.datasets.arrays`), and `make_image_dataset`, `make_eval_dataset` and
-`make_latent_dataset` return `NumpyBatches` (the same batches as NumPy arrays) instead of a
-`tf.data.Dataset`; `as_numpy` iterates either. Latents are then written as one `.npz`. Streaming
-(CelebA, `in_memory=False`), the stock builders that encode with TensorFlow, outlier corruption
-and tfrecord files need TensorFlow and raise `TensorFlowRequired` naming the `tf` extra.
+TensorFlow is needed only where nothing else does the work (`tsvae.datasets.tf_optional`):
+in-memory data sets (MNIST, Fashion-MNIST, CIFAR-10, and CelebA on a large host) are read from
+the local builders' array_record files with `tfds.data_source` (or from prepared arrays,
+`tsvae.datasets.arrays`), and `make_image_dataset`, `make_eval_dataset` and
+`make_latent_dataset` return their epochs as `NumpyBatches`, with or without TensorFlow
+installed; `as_numpy` iterates them and tf.data datasets alike. Streaming (CelebA,
+`in_memory=False`), the stock builders that encode with TensorFlow, outlier corruption and
+tfrecord files use tf.data, and raise `TensorFlowRequired` naming the `tf` extra without it.
 
 Every data problem a user can fix (missing / malformed files) raises `DataError`.
 """
@@ -106,7 +107,7 @@ DEFAULT_SHUFFLE_BUFFER = 50_000
 LATENT_DATASET_NAME = 'tsvae_latents'
 _LATENT_META_FILE = 'tsvae_latents.json'
 _LATENT_FORMAT_VERSION = 1
-_LATENT_NPZ_FILE = 'tsvae_latents.npz'  # The rows, where TensorFlow (tfrecord) is absent.
+_LATENT_NPZ_FILE = 'tsvae_latents.npz'  # The rows (file_format='npz', the default).
 _SHARD_BYTES = 256 << 20
 
 
@@ -330,7 +331,7 @@ def labeled_images(builder, split: str, dataset: str) -> Tuple[np.ndarray, np.nd
 
 
 class NumpyBatches:
-  """One epoch of batches (dicts of NumPy arrays): the pipeline's output without TensorFlow.
+  """One epoch of batches (dicts of NumPy arrays): what the pipeline gives for in-memory data.
 
   Re-iterable; `len()` and `cardinality()` give the number of batches (as a tf.data.Dataset's
   cardinality would), `as_numpy_iterator()` iterates, like tf.data's.
@@ -347,6 +348,11 @@ class NumpyBatches:
 
   def __len__(self) -> int:
     return self._len
+
+  @property
+  def order(self) -> np.ndarray:
+    """The rows of the epoch's batches, concatenated."""
+    return self._order
 
   def cardinality(self) -> int:
     return self._len
@@ -369,26 +375,14 @@ def as_numpy(ds):
 
 
 def _batches(arrays: Dict[str, np.ndarray], order: np.ndarray, batch_size: int,
-             drop_remainder: bool, to_float: Tuple[str, ...] = ()):
-  """Rows `order` of `arrays` in batches (uint8 `to_float` keys → float32 / 255).
-
-  A `tf.data.Dataset` where TensorFlow is installed (what callers have always had), else
-  `NumpyBatches` with the same values.
-  """
-  if not tf_optional.available():
-    def transform(batch):
-      for k in to_float:
-        batch[k] = _to_float_np(batch[k])
-      return batch
-    return NumpyBatches(arrays, order, batch_size, drop_remainder,
-                        transform if to_float else None)
-  tf = _tf('tf.data batches')
-  ds = tf.data.Dataset.from_tensor_slices({k: v[order] for k, v in arrays.items()})
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  if to_float:
-    ds = ds.map(lambda ex: {k: (_to_float(v) if k in to_float else v) for k, v in ex.items()},
-                num_parallel_calls=tf.data.AUTOTUNE)
-  return ds
+             drop_remainder: bool, to_float: Tuple[str, ...] = ()) -> 'NumpyBatches':
+  """Rows `order` of `arrays` in batches (uint8 `to_float` keys → float32 / 255), as
+  `NumpyBatches`: in-memory data needs no tf.data, with or without TensorFlow installed."""
+  def transform(batch):
+    for k in to_float:
+      batch[k] = _to_float_np(batch[k])
+    return batch
+  return NumpyBatches(arrays, order, batch_size, drop_remainder, transform if to_float else None)
 
 
 def _finish(ds):
@@ -678,9 +672,10 @@ def _in_memory_image_epoch(builder, split, dataset, global_batch_size, shuffle_s
   if not outliers:
     return _in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch, process_index,
                             process_count, int(skip_batches), drop_remainder, ('image',))
-  ds = _in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch,
-                        process_index, process_count, int(skip_batches), drop_remainder)
-  return ds.unbatch().map(
+  rows = _in_memory_epoch(arrays, global_batch_size, shuffle_seed, epoch, process_index,
+                          process_count, int(skip_batches), drop_remainder).order
+  ds = tf.data.Dataset.from_tensor_slices({k: v[rows] for k, v in arrays.items()})
+  return ds.map(
       lambda ex: {'image': _corrupt_one(_to_float(ex['image']), ex['index'], outliers,
                                         base_seed)},
       num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch, drop_remainder=drop_remainder)
@@ -758,8 +753,8 @@ def make_image_dataset(builder,
     outlier_seed: seeds the corruption.
 
   Returns:
-    A finite `tf.data.Dataset` with known cardinality = batches in this epoch (after skipping);
-    `NumpyBatches` (the same batches) without TensorFlow. Iterate either with `as_numpy`.
+    The batches of this epoch (after skipping): `NumpyBatches` for in-memory data, a finite
+    `tf.data.Dataset` with known cardinality when streamed. Iterate either with `as_numpy`.
   """
   check_dataset(dataset)
   _check_epoch_args(epoch, skip_batches)
@@ -859,7 +854,8 @@ def make_eval_dataset(builder,
       replacement, kept in split order), chosen from `seed` (None = 0).
 
   Returns:
-    A `tf.data.Dataset`, or `NumpyBatches` without TensorFlow (iterate with `as_numpy`).
+    `NumpyBatches` for in-memory data, a `tf.data.Dataset` when streamed (iterate either with
+    `as_numpy`).
   """
   check_dataset(dataset)
   batch_size = int(batch_size)
@@ -932,16 +928,18 @@ def _fsync_dir(path: str):
     os.close(fd)
 
 
-def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> str:
-  """Stores stage-1 encodings (μ, σ) of the training images as a tfds dataset, atomically.
+def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray,
+                         file_format: str = 'npz') -> str:
+  """Stores stage-1 encodings (μ, σ) of the training images, atomically.
 
-  The result is a tfds dataset directory (tfrecord shards, `dataset_info.json`,
-  `features.json`; features {'mu': Tensor((κ,), float32), 'sigma': Tensor((κ,), float32)},
-  split 'train', rows in the given order), loadable with `tfds.builder_from_directory`, plus
-  `tsvae_latents.json` (counts, and the size and SHA-256 of every other file), the marker that
-  readers require and verify. Without TensorFlow (which writes tfrecord) the rows are one
-  uncompressed `tsvae_latents.npz` (float32 `mu`, `sigma`) beside the same marker, whose
-  `file_format` says which (`tfrecord` when absent); the readers take either.
+  `file_format='npz'` (the default, no TensorFlow needed): one uncompressed `tsvae_latents.npz`
+  (float32 `mu`, `sigma`, rows in the given order). `'tfrecord'` (needs TensorFlow; what tsvae
+  wrote before 2026-12-03 where TensorFlow was installed): a tfds dataset directory (tfrecord
+  shards, `dataset_info.json`, `features.json`; features {'mu': Tensor((κ,), float32),
+  'sigma': Tensor((κ,), float32)}, split 'train'), loadable with `tfds.builder_from_directory`.
+  Either way `tsvae_latents.json` (counts, `file_format`, and the size and SHA-256 of every other
+  file) is the marker that readers require and verify; the readers take both formats (a marker
+  without `file_format` is tfrecord).
 
   `directory` is either absent, the previous complete version, or the new complete version;
   never taken as complete while half written:
@@ -956,6 +954,9 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
   Returns:
     The absolute path (or the URL) of `directory`.
   """
+  if file_format not in _LATENT_WRITERS:
+    raise ValueError(f'unknown latent file_format {file_format!r} (one of '
+                     f'{sorted(_LATENT_WRITERS)}).')
   mu = np.asarray(mu)
   sigma = np.asarray(sigma)
   if mu.ndim != 2 or mu.shape != sigma.shape or mu.shape[0] == 0 or mu.shape[1] == 0:
@@ -967,7 +968,7 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
   if fileio.is_remote(directory):
     tmp = tempfile.mkdtemp(prefix='tsvae-latents-')
     try:
-      _build_latent_dataset(tmp, mu, sigma)
+      _build_latent_dataset(tmp, mu, sigma, file_format)
       _upload_latent_dataset(tmp, directory)
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
@@ -976,7 +977,7 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{base}.tmp-', dir=parent)
   try:
-    _build_latent_dataset(tmp, mu, sigma)
+    _build_latent_dataset(tmp, mu, sigma, file_format)
     faults.kill_here('latents.write')
     if os.path.lexists(directory):
       old = os.path.join(parent, f'.{base}.old-{uuid.uuid4().hex}')
@@ -992,15 +993,9 @@ def write_latent_dataset(directory: str, mu: np.ndarray, sigma: np.ndarray) -> s
   return directory
 
 
-def _build_latent_dataset(tmp: str, mu: np.ndarray, sigma: np.ndarray):
-  """Writes the complete dataset (shards, tfds metadata, marker last) into local folder `tmp`.
-
-  tfrecord where TensorFlow is installed (as tsvae always wrote), else one .npz.
-  """
-  if tf_optional.available():
-    meta = _build_latent_tfrecord(tmp, mu, sigma)
-  else:
-    meta = _build_latent_npz(tmp, mu, sigma)
+def _build_latent_dataset(tmp: str, mu: np.ndarray, sigma: np.ndarray, file_format: str):
+  """Writes the complete dataset (its files, then the marker) into local folder `tmp`."""
+  meta = _LATENT_WRITERS[file_format](tmp, mu, sigma)
   meta['checksums'] = fileio.checksums(tmp, sorted(os.listdir(tmp)))
   with open(os.path.join(tmp, _LATENT_META_FILE), 'w') as f:
     json.dump(meta, f, indent=2, sort_keys=True)
@@ -1054,6 +1049,11 @@ def _build_latent_tfrecord(tmp: str, mu: np.ndarray, sigma: np.ndarray) -> Dict[
       description='Stage-1 encoder outputs (mu, sigma) of the training images (tsvae).')
   return {'format_version': _LATENT_FORMAT_VERSION, 'num_examples': int(n),
           'latent_dim': int(latent_dim), 'files': files}
+
+
+# write_latent_dataset's file formats: a writer of the rows into a local folder, returning the
+# marker's fields.
+_LATENT_WRITERS = {'npz': _build_latent_npz, 'tfrecord': _build_latent_tfrecord}
 
 
 def _upload_latent_dataset(tmp: str, directory: str):

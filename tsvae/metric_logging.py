@@ -1,4 +1,4 @@
-"""Metric writers: TensorBoard scalars (clu) plus a JSON-lines file, and human progress lines.
+"""Metric writers: TensorBoard event files plus a JSON-lines file, and human progress lines.
 
 `metrics.jsonl` holds one JSON object per logged step, e.g.
 `{"stage": "stage1", "step": 200, "attempt": "2026-12-05T10:11:12.345678Z host:4242",
@@ -28,19 +28,9 @@ import numpy as np
 
 from tsvae import fileio
 
-try:  # clu's metric_writers package imports TensorFlow (its TensorBoard writer).
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from clu.metric_writers import interface  # pylint: disable=g-import-not-at-top
-  _MetricWriter = interface.MetricWriter
-  from tsvae.datasets import tf_optional  # pylint: disable=g-import-not-at-top
-  tf_optional.available()  # Keeps TensorFlow off the accelerators before it initialises them.
-except ImportError:  # No TensorFlow (or no clu): metrics.jsonl only, see create_writer.
-  metric_writers = None
-  _MetricWriter = object
-
 
 class _MultiWriter:
-  """clu's MultiWriter where clu cannot be imported: forwards every call to each writer."""
+  """Forwards every writer call (write_scalars, write_images, flush, close, ...) to each writer."""
 
   def __init__(self, writers):
     self._writers = list(writers)
@@ -50,6 +40,50 @@ class _MultiWriter:
       for w in self._writers:
         getattr(w, name)(*args, **kwargs)
     return call
+
+
+class TensorBoardWriter:
+  """Scalars and images as TensorBoard event files in a local folder, by tensorboardX: no
+  TensorFlow in the process (a remote workdir uses clu's TensorFlow writer, see create_writer).
+
+  The calls are clu's `MetricWriter` ones that tsvae makes: `write_scalars(step, {tag: value})`,
+  `write_images(step, {tag: uint8 or [0, 1] float [N, H, W, C]})` (the first image of each),
+  `flush()`, `close()`.
+  """
+
+  def __init__(self, logdir: str):
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    self._writer = tensorboardX.SummaryWriter(logdir)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    for tag, value in scalars.items():
+      self._writer.add_scalar(tag, float(np.asarray(value)), int(step))
+
+  def write_images(self, step: int, images: Mapping[str, Any]):
+    for tag, batch in images.items():
+      image = np.asarray(batch)[0]
+      self._writer.add_image(tag, image, int(step), dataformats='HWC')
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+def _tensorboard_writer(logdir: str):
+  """tensorboardX locally; clu's (TensorFlow) writer in a remote (gs://) workdir; None, saying
+  why once, where the package that would write it is missing."""
+  try:
+    if not fileio.is_remote(logdir):
+      return TensorBoardWriter(logdir)
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    return metric_writers.SummaryWriter(logdir)
+  except ImportError as e:
+    logging.log_first_n(logging.INFO, 'No TensorBoard summaries (%s: pip install tensorboardX, or '
+                        "for a remote workdir 'tsvae[tf]'); metrics.jsonl is written.", 1, e)
+    return None
+
 
 # Remote metrics.jsonl: the longest time a record waits before the file is uploaded again.
 REMOTE_UPLOAD_SECS = 30.0
@@ -64,7 +98,7 @@ def attempt_id() -> str:
 # The attempt of this process: every metrics.jsonl row it writes carries it.
 ATTEMPT = attempt_id()
 
-class JsonlWriter(_MetricWriter):
+class JsonlWriter:
   """Appends scalars as JSON lines (local or remote `path`); other summary kinds are ignored."""
 
   def __init__(self, path: str, extra: Optional[Mapping[str, Any]] = None, *,
@@ -157,19 +191,16 @@ def read_stage_rows(workdir: str, stage: str) -> list:
 def create_writer(workdir: str, stage: str):
   """TensorBoard (workdir/tensorboard/<stage>) + workdir/metrics.jsonl on process 0.
 
-  Without TensorFlow (clu's TensorBoard writer needs it) only metrics.jsonl is written.
+  Without the TensorBoard writer's package (`_tensorboard_writer`) only metrics.jsonl is written.
   """
-  multi = metric_writers.MultiWriter if metric_writers is not None else _MultiWriter
   if jax.process_index() != 0:
-    return multi([])
+    return _MultiWriter([])
   writers = [JsonlWriter(os.path.join(workdir, 'metrics.jsonl'),
                          extra={'stage': stage, 'attempt': ATTEMPT})]
-  if metric_writers is not None:
-    writers.insert(0, metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard', stage)))
-  else:
-    logging.log_first_n(logging.INFO, 'No TensorFlow: no TensorBoard summaries (clu needs it; '
-                        "pip install 'tsvae[tf]'); metrics.jsonl is written.", 1)
-  return multi(writers)
+  tensorboard = _tensorboard_writer(os.path.join(workdir, 'tensorboard', stage))
+  if tensorboard is not None:
+    writers.insert(0, tensorboard)
+  return _MultiWriter(writers)
 
 
 class _DropLibraryChatter(logging_std.Filter):
