@@ -4,7 +4,6 @@ Everything is written under pytest tmp dirs (data_dir is always passed; under
 `tfds.testing.mock_data` tfds redirects data_dir itself and writes nothing).
 """
 
-import gzip
 import io
 import json
 import os
@@ -19,7 +18,6 @@ from PIL import Image
 from tsvae import input_pipeline as ip
 from tsvae.datasets import DataError
 from tsvae.datasets import validate_manual_dir
-from tsvae.datasets.local_builders import IDX_FILES
 
 from testdata import N_TEST, N_TRAIN, write_idx as _write_idx, write_mnist_dir as _write_mnist_dir
 
