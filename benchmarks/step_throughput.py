@@ -340,7 +340,6 @@ def _scanned_runner(args, train_step, mesh, batches, holder):
 
 
 def run_input(args):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tsvae import input_pipeline  # pylint: disable=g-import-not-at-top
 
   manual_dir = args.manual_dir or os.path.join(DEFAULT_SHARED_DATA, args.dataset)
@@ -360,7 +359,7 @@ def run_input(args):
     ds = input_pipeline.make_image_dataset(builder, 'train', dataset=args.dataset,
                                            global_batch_size=args.batch_size,
                                            shuffle_seed=0, epoch=epoch)
-    return tfds.as_numpy(ds)
+    return input_pipeline.as_numpy(ds)
 
   def consume(epoch):
     n = 0

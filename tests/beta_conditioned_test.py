@@ -121,7 +121,7 @@ def test_a_run_trains_evaluates_at_several_betas_and_extracts_at_the_chosen_one(
     builder = input_pipeline.get_builder('mnist')
     ds = input_pipeline.make_eval_dataset(builder, 'train', 'mnist', 64)
     train_x = np.concatenate([np.asarray(train.image_input(b, None))
-                              for b in tfds.as_numpy(ds)])
+                              for b in input_pipeline.as_numpy(ds)])
   # Training drew a β per batch from the range: the logged window means differ.
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   betas = [r['beta'] for r in rows if r.get('stage') == 'stage1']

@@ -234,7 +234,7 @@ def _by_label(builder, split):
   images, labels = classifier.load_labeled(builder, split, 'cifar10')
   batches = input_pipeline.make_eval_dataset(builder, split, 'cifar10', batch_size=16,
                                              as_uint8=True)
-  stream = np.concatenate([b['image'] for b in tfds.as_numpy(batches)])
+  stream = np.concatenate([b['image'] for b in input_pipeline.as_numpy(batches)])
   np.testing.assert_array_equal(stream, images)  # Both readers, same bytes.
   return dict(zip(labels.tolist(), images))
 
