@@ -30,6 +30,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import step_profile  # pylint: disable=g-import-not-at-top,wrong-import-position
 import step_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 WORKLOADS = ('stage1_b64', 'stage1_b256', 'stage2_b64', 'inception')
@@ -97,13 +98,6 @@ def product_rates(sizes, dtypes, reps: int) -> dict:
   return out
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost['flops'])
-
-
 def inception_flops_per_image(batch: int = 2) -> float:
   """XLA's FLOPs of FID-Inception pool3 features per 28×28 image (float32, tf_graph resize)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -112,7 +106,8 @@ def inception_flops_per_image(batch: int = 2) -> float:
   extractor = inception.FeatureExtractor(inception.random_variables(0), batch_size=batch,
                                          devices=jax.local_devices()[:1])
   images = np.zeros((batch, 28, 28, 3), np.float32)
-  return _flops(extractor._apply.lower(extractor.variables, images).compile()) / batch  # pylint: disable=protected-access
+  flops = step_profile.forward_flops(extractor._apply, extractor.variables, images)  # pylint: disable=protected-access
+  return flops / batch
 
 
 def workload_flops_per_image() -> dict:

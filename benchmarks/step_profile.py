@@ -82,7 +82,7 @@ def _product(kind: str, dtype):
 
 
 def forward_flops(fn, *args) -> float:
-  """XLA's count of the forward product's flops (multiply-adds × 2, padding excluded)."""
+  """XLA's count of the flops of jitted `fn` at `args` (multiply-adds × 2, padding excluded)."""
   analysis = fn.lower(*args).compile().cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return float(analysis['flops'])

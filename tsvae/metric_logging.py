@@ -99,7 +99,7 @@ def attempt_id() -> str:
 ATTEMPT = attempt_id()
 
 class JsonlWriter:
-  """Appends scalars as JSON lines (local or remote `path`); other summary kinds are ignored."""
+  """Appends scalars as JSON lines (local or remote `path`); images are ignored."""
 
   def __init__(self, path: str, extra: Optional[Mapping[str, Any]] = None, *,
                remote_upload_secs: float = REMOTE_UPLOAD_SECS):
@@ -139,26 +139,8 @@ class JsonlWriter:
     self._dirty = False
     self._last_upload = time.monotonic()
 
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
   def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
-    pass
+    del step, images  # Images go to TensorBoard only.
 
   def flush(self):
     if self._remote:
