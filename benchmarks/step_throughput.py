@@ -115,6 +115,27 @@ def _setup_env(args):
 # ----------------------------------------------------------------------------- bookkeeping
 
 
+def cpu_identity(path='/proc/cpuinfo'):
+  """Model name, family/model numbers and vector extensions of the first CPU in `path`.
+
+  "AMD EPYC" alone names several machines here (Zen 1, AVX2 only; Zen 4/5 with AVX-512) whose
+  timings differ by 2-5x, so every record says which one it was.
+  """
+  keys = {'model name': 'cpu_model', 'cpu family': 'cpu_family', 'model': 'cpu_model_number'}
+  info = {}
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        break  # the first processor's block is enough
+      key, _, value = (part.strip() for part in line.partition(':'))
+      if key in keys:
+        info[keys[key]] = value
+      elif key == 'flags':
+        info['cpu_vector_flags'] = sorted(
+            flag for flag in value.split() if flag.startswith(('avx', 'amx', 'fma')))
+  return info
+
+
 def machine_info():
   info = {'platform': platform.platform(), 'python': platform.python_version(),
           'cpu_count': os.cpu_count()}
@@ -123,11 +144,7 @@ def machine_info():
   except AttributeError:
     pass
   try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          info['cpu_model'] = line.split(':', 1)[1].strip()
-          break
+    info.update(cpu_identity())
     with open('/proc/meminfo') as f:
       for line in f:
         if line.startswith('MemTotal'):

@@ -33,6 +33,18 @@ def test_benchmark_stage1_smoke(tmp_path):
   assert record['result'] == saved['result']
 
 
+def test_cpu_identity_reads_family_and_vector_flags(tmp_path):
+  """The machine record tells the Zen-1 (AVX2) and AVX-512 "AMD EPYC"s apart."""
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text(
+      'processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n'
+      'model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16 sha_ni\n\n'
+      'processor\t: 1\ncpu family\t: 99\nmodel name\t: other\n')
+  assert step_throughput.cpu_identity(str(cpuinfo)) == {
+      'cpu_family': '26', 'cpu_model_number': '2', 'cpu_model': 'AMD EPYC',
+      'cpu_vector_flags': ['avx', 'avx2', 'avx512_bf16', 'avx512f', 'fma']}
+
+
 def test_benchmark_stage2_smoke():
   record = step_throughput.main(
       ['stage2', '--batch_size', '8', '--latent_dim', '4', '--width', '16', '--steps', '1',
