@@ -4,7 +4,7 @@ r"""Two-Stage VAE on MNIST, the paper's InfoGAN-SN net and schedule (Table 1: FI
   python -m tsvae.main --config=configs/mnist.py:quick --workdir=/tmp/tsvae_mnist_quick \
       --config.data.manual_dir=../shared/data/mnist
 
-  # The paper's protocol: 400 + 800 epochs (about 12 h for stage 1 alone on that CPU).
+  # The paper's protocol: 400 + 800 epochs (7-11 h for stage 1 alone on a 2-core CPU).
   python -m tsvae.main --config=configs/mnist.py --workdir=/tmp/tsvae_mnist \
       --config.data.manual_dir=../shared/data/mnist
 """
