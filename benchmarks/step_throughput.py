@@ -118,7 +118,7 @@ def _setup_env(args):
 def cpu_identity(path='/proc/cpuinfo'):
   """Model name, family/model numbers and vector extensions of the first CPU in `path`.
 
-  "AMD EPYC" alone names several machines here (Zen 1, AVX2 only; Zen 4/5 with AVX-512) whose
+  "AMD EPYC" alone names several machines here (Zen 1, AVX2 only; others with AVX-512) whose
   timings differ by 2-5x, so every record says which one it was.
   """
   keys = {'model name': 'cpu_model', 'cpu family': 'cpu_family', 'model': 'cpu_model_number'}
