@@ -82,9 +82,6 @@ def main(argv=None) -> dict:
   proc = subprocess.run(command, cwd=REPO_ROOT, check=False)
   ended = time.time()
   cpu1 = step_throughput._cpu_snapshot()  # pylint: disable=protected-access
-  # The run is a child: its CPU time is not this process's, so count children too.
-  child = os.times()
-  others = (cpu1[0] - cpu0[0]) - (child.children_user + child.children_system)
   rows = read_rows(args.workdir)
   os.makedirs(args.out, exist_ok=True)
   copied = []
@@ -105,8 +102,8 @@ def main(argv=None) -> dict:
       'final_loss': final_values(rows, 'loss'),
       'samples': copied,
       'loadavg_before': [round(v, 2) for v in load0],
-      'other_processes_cpu_share': round(
-          max(others, 0.0) / ((ended - started) * (os.cpu_count() or 1)), 3),
+      'other_processes_cpu_share': step_throughput._other_cpu_share(  # pylint: disable=protected-access
+          cpu0, cpu1, ended - started),
       'started': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started)),
       'machine': step_throughput.machine_info(),
       'git': step_throughput.git_commit(),

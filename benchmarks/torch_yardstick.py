@@ -61,10 +61,8 @@ def main(argv=None):
   if proc.returncode != 0:
     raise SystemExit(f'yardstick failed ({proc.returncode}):\n{proc.stderr[-2000:]}')
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  # The child's CPU time is not in our rusage: others = machine busy - child (RUSAGE_CHILDREN).
   child = resource.getrusage(resource.RUSAGE_CHILDREN)
   child_cpu = (child.ru_utime + child.ru_stime) - (child0.ru_utime + child0.ru_stime)
-  others = max((busy_after[0] - cpu0[0]) - child_cpu, 0.0) / (wall * (os.cpu_count() or 1))
   record = {
       'benchmark': 'torch_infogan_step (PyTorch yardstick)',
       'command': ' '.join(cmd),
@@ -72,7 +70,7 @@ def main(argv=None):
       'result': result,
       'wall_s_including_startup': round(wall, 1),
       'child_cpu_s_including_startup': round(child_cpu, 1),
-      'other_processes_cpu_share': round(others, 3),
+      'other_processes_cpu_share': step_throughput._other_cpu_share(cpu0, busy_after, wall),  # pylint: disable=protected-access
       'loadavg_before': [round(x, 2) for x in load_before],
       'loadavg_after': [round(x, 2) for x in os.getloadavg()],
       'busy_processes_at_start': busy,
