@@ -9,7 +9,8 @@ Phases, each resumable (a point whose JSON exists is not computed again; checkpo
 1. **Stage 1** (`tsvae.main`, stage 2 and evaluation off) in <root>/<dataset>_s1: the reference
    settings for --stage1_epochs epochs. Its latents are then extracted there (`tsvae.main`'s code).
 2. **Fixed references**, scored once: stage-1 prior samples (the single-stage learned-γ VAE), the
-   ex-post GMM on μ_z, reconstructions, and real training images (the floor).
+   ex-post GMM on μ_z, reconstructions, and real training images (the floor; --floor_from takes
+   its FID from a committed benchmarks/fid_floor.py JSON of the same protocol and subsets).
 3. **Stage-2 recipes**, each in its own workdir <root>/<dataset>_s2_<recipe> that trains stage 2
    only, on a copy of the stage-1 latents (stage 1 is loaded from the stage-1 workdir). Stage 2
    is trained to each milestone epoch in turn (a milestone is a resumed run: bitwise the same as
@@ -70,6 +71,10 @@ def parse_args(argv=None):
   p.add_argument('--inception_compute_dtype', default='bfloat16',
                  choices=('float32', 'bfloat16'))
   p.add_argument('--skip_floor', action='store_true', help='no train-vs-test FID point')
+  p.add_argument('--floor_from', default='',
+                 help='a benchmarks/fid_floor.py JSON of the same protocol and subsets: the '
+                      'floor point takes its FID from there instead of scoring 10k training '
+                      'images again (its proxy FD is computed)')
   p.add_argument('--no_fid', action='store_true', help='proxy FD only (no Inception weights)')
   p.add_argument('--override', action='append', default=[],
                  help="'key=value' config override for every run (repeatable; tests shrink "
@@ -375,11 +380,37 @@ def references(args, config, experiment, state1, codes, scorer, base, queue):
   return grids
 
 
-def floor(args, scorer, base):
-  if args.skip_floor or args.no_fid or _exists(args, 'train'):
+def committed_floor(args, config):
+  """The floor FID of --floor_from, checked against this study's protocol (None without it)."""
+  if not args.floor_from:
+    return None
+  try:
+    with open(args.floor_from) as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    raise SystemExit(f'--floor_from {args.floor_from}: cannot read it ({e}).') from e
+  protocol = f'{config.eval.fid_preprocess}:{config.eval.inception_compute_dtype}'
+  wanted = {'benchmark': 'fid_floor', 'dataset': args.dataset, 'num': args.num_samples,
+            'subset_seed': int(config.eval.seed)}
+  found = {key: record.get(key) for key in wanted}
+  if found != wanted or protocol not in record.get('runs', {}):
+    raise SystemExit(f'--floor_from {args.floor_from}: it holds {found} with runs '
+                     f'{sorted(record.get("runs", {}))}; this study needs {wanted} and a '
+                     f'{protocol!r} run.')
+  return {'fid': float(record['runs'][protocol]['fid_train_vs_test']), 'fid_seconds': None,
+          'fid_source': {'file': os.path.relpath(args.floor_from, REPO_ROOT),
+                         'commit': record.get('commit'), 'protocol': protocol}}
+
+
+def floor(args, scorer, base, committed):
+  """Real training images against the test images: the floor any generator is judged by."""
+  if args.skip_floor or _exists(args, 'train') or (args.no_fid and committed is None):
     return
   record = dict(base, point='train', proxy_fd=scorer.proxy_fd(scorer.train_uint8))
-  record['fid'], record['fid_seconds'] = scorer.fid_floor()
+  if committed is not None:
+    record.update(committed)
+  else:
+    record['fid'], record['fid_seconds'] = scorer.fid_floor()
   _write(args, 'train', record)
 
 
@@ -489,6 +520,16 @@ def _color(recipe):
   return ('tab:blue', 'tab:orange', 'tab:purple')[list(RECIPES).index(recipe) % 3]
 
 
+def _plain_log_axes(ax, ticker):
+  """Log scales labelled 20, 50, 100 (or 0.2, 0.5) rather than 2x10^1."""
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  for axis in (ax.xaxis, ax.yaxis):
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+    axis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+    axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+
+
 def plot(out):
   """FID (proxy FD where no FID) against stage-2 epochs and wall time; γ_z against epochs."""
   from tsvae.metrics import diagnostics  # pylint: disable=g-import-not-at-top
@@ -496,9 +537,12 @@ def plot(out):
   points = load_points(out)
   fixed = {p['point']: p for p in points if 'recipe' not in p}
   series = [p for p in points if 'recipe' in p]
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  dataset = next((p['dataset'] for p in points if 'dataset' in p), '')
+  num = next((p['num_samples'] for p in points if 'num_samples' in p), 0)
   fig, axes = plt.subplots(1, 4, figsize=(22, 5))
-  for ax, metric, label in ((axes[0], 'fid', 'FID (tf_graph, 10k vs 10k)'),
-                            (axes[1], 'proxy_fd', 'proxy FD (MNIST classifier)')):
+  for ax, metric, label in ((axes[0], 'fid', f'FID (tf_graph, {num:,} vs {num:,})' if num else 'FID (tf_graph)'),
+                            (axes[1], 'proxy_fd', f'proxy FD ({dataset} classifier)')):
     for recipe in sorted({p['recipe'] for p in series}):
       for scale, style in ((1.0, '-o'), (0.0, '--s')):
         pts = sorted((p['stage2_epochs'], p[metric]) for p in series
@@ -513,8 +557,7 @@ def plot(out):
         ax.axhline(fixed[name][metric], color=color, ls=':',
                    label={'stage1': 'stage 1 (single-stage VAE)', 'gmm': 'ex-post GMM on μ_z',
                           'recon': 'reconstructions', 'train': 'train vs test (floor)'}[name])
-    ax.set_xscale('log')
-    ax.set_yscale('log')
+    _plain_log_axes(ax, ticker)
     ax.set_xlabel('stage-2 epochs')
     ax.set_ylabel(label)
     ax.legend(fontsize=7)
@@ -541,8 +584,7 @@ def plot(out):
     pts = sorted({(p['stage2_epochs'], p['gamma_z']) for p in series if p['recipe'] == recipe})
     if pts:
       ax.plot(*zip(*pts), '-o', color=_color(recipe), label=recipe)
-  ax.set_xscale('log')
-  ax.set_yscale('log')
+  _plain_log_axes(ax, ticker)
   ax.set_xlabel('stage-2 epochs')
   ax.set_ylabel('γ_z')
   ax.legend(fontsize=7)
@@ -605,6 +647,7 @@ def main(argv=None):
   os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)  # tsvae's progress lines (training, FID) on stderr.
+  committed = committed_floor(args, base_config(args))  # A bad file fails before any work.
   run_stage1(args, user_xla_flags)
   import jax  # pylint: disable=g-import-not-at-top
   from tsvae import generation  # pylint: disable=g-import-not-at-top
@@ -632,7 +675,7 @@ def main(argv=None):
       save_grids(args.out, grids)
       plot(args.out)
     queue.run(args, scorer)
-    floor(args, scorer, base)
+    floor(args, scorer, base, committed)
   plot(args.out)
 
 

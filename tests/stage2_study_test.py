@@ -62,11 +62,17 @@ def test_study_records_every_point_then_resumes_without_retraining(tmp_path):
   metrics = tmp_path / 'root' / 'mnist_s2_reference' / 'metrics.jsonl'
   rows_before = len(metrics.read_text().splitlines())
   stage1_before = (tmp_path / 'out' / 'stage1.json').read_text()
-  stage2_study.main(_argv(tmp_path, 'reference:1,2,3'))
+  floor_file = _floor_file(tmp_path, fid=1.25)
+  stage2_study.main(_argv(tmp_path, 'reference:1,2,3') + [f'--floor_from={floor_file}'])
   rows = [json.loads(line) for line in metrics.read_text().splitlines()]
   assert min(r['step'] for r in rows[rows_before:]) > 10  # Only steps after epoch 2 trained.
   assert _points(tmp_path)['stage2_reference_e3_noise1']['stage2_step'] == 15
   assert (tmp_path / 'out' / 'stage1.json').read_text() == stage1_before
+  # The floor point takes the committed FID and computes its own proxy FD.
+  train = _points(tmp_path)['train']
+  assert train['fid'] == 1.25 and train['fid_source']['protocol'] == 'tf_graph:bfloat16'
+  assert train['proxy_fd'] > 0
+  assert '| real training images (floor) | | | 1.2 |' in stage2_study.table(str(tmp_path / 'out'))
 
   # The residual diagnostic reads the same workdirs.
   res = tmp_path / 'res.json'
@@ -77,6 +83,28 @@ def test_study_records_every_point_then_resumes_without_retraining(tmp_path):
   assert record['stage2_epochs'] == 3 and len(record['residual_per_dim']) == 8
   assert record['gamma_z_learned'] == pytest.approx(
       _points(tmp_path)['stage2_reference_e3_noise1']['gamma_z'], rel=1e-5)
+
+
+def _floor_file(tmp_path, fid, **changes):
+  record = {'benchmark': 'fid_floor', 'dataset': 'mnist', 'num': 12, 'subset_seed': 0,
+            'commit': {'commit': 'abc'},
+            'runs': {'tf_graph:bfloat16': {'fid_train_vs_test': fid}}}
+  record.update(changes)
+  path = tmp_path / 'floor.json'
+  path.write_text(json.dumps(record))
+  return path
+
+
+@pytest.mark.parametrize('changes, match', [
+    ({'num': 10_000}, "'num': 10000"),
+    ({'dataset': 'fashion_mnist'}, "'dataset': 'fashion_mnist'"),
+    ({'runs': {'tf_graph:float32': {'fid_train_vs_test': 1.0}}}, "'tf_graph:bfloat16' run"),
+])
+def test_floor_from_another_protocol_fails_before_any_work(tmp_path, changes, match):
+  floor_file = _floor_file(tmp_path, fid=1.0, **changes)
+  with pytest.raises(SystemExit, match=match):
+    stage2_study.main(_argv(tmp_path, 'reference:1') + [f'--floor_from={floor_file}'])
+  assert not (tmp_path / 'root').exists() and not (tmp_path / 'out').exists()
 
 
 @pytest.mark.parametrize('schedule, match', [
