@@ -674,6 +674,8 @@ def main(argv=None):
                             milestones, queue)
       save_grids(args.out, grids)
       plot(args.out)
+    if committed is not None:  # On record: only its proxy FD to compute, before the FIDs.
+      floor(args, scorer, base, committed)
     queue.run(args, scorer)
     floor(args, scorer, base, committed)
   plot(args.out)
