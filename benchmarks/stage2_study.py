@@ -521,12 +521,12 @@ def _color(recipe):
 
 
 def _plain_log_axes(ax, ticker):
-  """Log scales labelled 20, 50, 100 (or 0.2, 0.5) rather than 2x10^1."""
+  """Log scales labelled 20, 25, 50, 100 (or 0.2, 0.5) rather than 2x10^1."""
   ax.set_xscale('log')
   ax.set_yscale('log')
   for axis in (ax.xaxis, ax.yaxis):
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
-    axis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+    axis.set_minor_locator(ticker.LogLocator(subs=(2.0, 2.5, 5.0)))
     axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
 
 
@@ -541,7 +541,8 @@ def plot(out):
   dataset = next((p['dataset'] for p in points if 'dataset' in p), '')
   num = next((p['num_samples'] for p in points if 'num_samples' in p), 0)
   fig, axes = plt.subplots(1, 4, figsize=(22, 5))
-  for ax, metric, label in ((axes[0], 'fid', f'FID (tf_graph, {num:,} vs {num:,})' if num else 'FID (tf_graph)'),
+  fid_label = f'FID (tf_graph, {num:,} vs {num:,})' if num else 'FID (tf_graph)'
+  for ax, metric, label in ((axes[0], 'fid', fid_label),
                             (axes[1], 'proxy_fd', f'proxy FD ({dataset} classifier)')):
     for recipe in sorted({p['recipe'] for p in series}):
       for scale, style in ((1.0, '-o'), (0.0, '--s')):
