@@ -424,6 +424,24 @@ def stage2_recipe(args, config, state1, experiment1, codes, scorer, base, recipe
                                  milestones, queue)
 
 
+def milestone_variables(workdir, step, state):
+  """Stage-2 variables at `step`: `state`'s (snapshotted to <workdir>/milestones, as the
+  checkpoints keep only the latest) when it is at `step`, else the snapshot's; None without one.
+  """
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  from tsvae import fileio  # pylint: disable=g-import-not-at-top
+  from tsvae import generation  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'milestones', f'stage2_step{step}.msgpack')
+  variables = generation.variables_of(state)
+  if int(state.step) == step:
+    if not fileio.exists(path):
+      fileio.atomic_write_bytes(path, flax.serialization.to_bytes(variables))
+    return variables
+  if not fileio.exists(path):
+    return None
+  return flax.serialization.from_bytes(variables, fileio.read_bytes(path))
+
+
 def _fid_priority(args, recipe, epochs, scale, last):
   """Queue order: the first recipe's last milestone at the first scale right after stage 1;
   the earlier milestones at the first scale before any at the other scales."""
@@ -476,15 +494,21 @@ def _stage2_recipe_locked(args, config, state1, experiment1, codes, scorer, base
     if all(_exists(args, name) and not _needs_fid(args, name, fid_here[s])
            for s, name in names.items()):
       continue
-    state2 = train.train_stage(spec, target_steps=m * spec.steps_per_epoch,
-                               **stages.train_kwargs(experiment))
-    v2 = generation.variables_of(state2)
-    rows = metric_logging.read_stage_rows(workdir, 'stage2')
-    last = [r for r in rows if r['step'] == m * spec.steps_per_epoch]
+    target = m * spec.steps_per_epoch
+    state2 = train.train_stage(spec, target_steps=target, **stages.train_kwargs(experiment))
+    v2 = milestone_variables(workdir, target, state2)
+    if v2 is None:
+      print(f'{recipe} e{m}: skipped. Its workdir {workdir} has trained past step {target} '
+            f'(to {int(state2.step)}) and holds no snapshot of it (studies before the snapshots '
+            'kept none); move the workdir aside to train it again (bitwise the same).',
+            flush=True)
+      continue
+    rows = [r for r in metric_logging.read_stage_rows(workdir, 'stage2') if r['step'] <= target]
+    last = [r for r in rows if r['step'] == target]
     mu_u, sigma_u = latents.encode(experiment.model2, v2, z, batch)
     u = (mu_u + sigma_u * np.asarray(jax.random.normal(ru, mu_u.shape))).astype(np.float32)
     info = {'recipe': recipe, 'recipe_overrides': RECIPES[recipe], 'stage2_epochs': m,
-            'stage2_step': int(state2.step),
+            'stage2_step': target,
             'stage2_batch_size': config_lib.stage2_batch_size(config),
             'stage2_train_seconds': training_seconds(rows),
             'loggamma_z': generation.loggamma(experiment.model2, v2),

@@ -68,6 +68,22 @@ def test_study_records_every_point_then_resumes_without_retraining(tmp_path):
   assert min(r['step'] for r in rows[rows_before:]) > 10  # Only steps after epoch 2 trained.
   assert _points(tmp_path)['stage2_reference_e3_noise1']['stage2_step'] == 15
   assert (tmp_path / 'out' / 'stage1.json').read_text() == stage1_before
+  # An earlier milestone is scored again from its snapshot, not from the later checkpoint.
+  out = tmp_path / 'out'
+  e1 = json.loads((out / 'stage2_reference_e1_noise1.json').read_text())
+  for scale in (1, 0):
+    (out / f'stage2_reference_e1_noise{scale}.json').unlink()
+  stage2_study.main(_argv(tmp_path, 'reference:1,2,3'))
+  again = _points(tmp_path)['stage2_reference_e1_noise1']
+  assert again['stage2_step'] == 5 and again['gamma_z'] == e1['gamma_z']
+  assert again['proxy_fd'] == pytest.approx(e1['proxy_fd'], rel=1e-6)
+  # Without the snapshot the point is skipped (and left unwritten), never mis-scored.
+  (tmp_path / 'root' / 'mnist_s2_reference' / 'milestones' / 'stage2_step5.msgpack').unlink()
+  for scale in (1, 0):
+    (out / f'stage2_reference_e1_noise{scale}.json').unlink()
+  stage2_study.main(_argv(tmp_path, 'reference:1,2,3'))
+  assert 'stage2_reference_e1_noise1' not in _points(tmp_path)
+
   # The floor point takes the committed FID and computes its own proxy FD.
   train = _points(tmp_path)['train']
   assert train['fid'] == 1.25 and train['fid_source']['protocol'] == 'tf_graph:bfloat16'
