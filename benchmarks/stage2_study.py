@@ -14,7 +14,9 @@ Phases, each resumable (a point whose JSON exists is not computed again; checkpo
 3. **Stage-2 recipes**, each in its own workdir <root>/<dataset>_s2_<recipe> that trains stage 2
    only, on a copy of the stage-1 latents (stage 1 is loaded from the stage-1 workdir). Stage 2
    is trained to each milestone epoch in turn (a milestone is a resumed run: bitwise the same as
-   an uninterrupted one) and scored there at stage-2 noise scales 1 and 0 (same u and ε).
+   an uninterrupted one) and scored there at stage-2 noise scales 1 and 0 (same u and ε). The
+   variables of each milestone are kept in <workdir>/milestones (the checkpoints keep only the
+   latest), so a rerun can score an earlier milestone after a later one has trained.
 
 Every point is one JSON in --out (commit, machine, config, wall times): FID (`tf_graph`
 preprocessing, --num_samples generated vs as many test images, the paper's protocol at 10k),
