@@ -1,5 +1,6 @@
-"""The benchmark drivers that wrap other commands: side_by_side.py (rounds of paired runs) and
-timed_run.py (one whole tsvae.main run). No timing assertions: fake commands with known rates."""
+"""The benchmark drivers that wrap other commands or steps: side_by_side.py (rounds of paired
+runs), step_ab.py (step variants alternating in one process) and timed_run.py (one whole
+tsvae.main run). No timing assertions: fake commands with known rates, structure only."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
 import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
+import step_ab  # pylint: disable=g-import-not-at-top,wrong-import-position
 import timed_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FAKE_BENCH = '''
@@ -61,6 +63,48 @@ def test_side_by_side_rejects_bad_arguments(argv, message, capsys):
   with pytest.raises(SystemExit):
     side_by_side.parse_args(argv)
   assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['stage1', '--variants', 'current'], 'two or more'),
+    (['stage1', '--variants', 'current,current'], 'distinct'),
+    (['stage1', '--variants', 'current,nosuch'], 'nosuch'),
+    (['stage2', '--variants', 'current,finite_gate', '--steps_per_call', '3', '--steps', '10'],
+     'multiple of --steps_per_call'),
+    (['stage2', '--blocks', '1'], '--blocks'),
+])
+def test_step_ab_rejects_bad_arguments(argv, message, capsys):
+  with pytest.raises(SystemExit):
+    step_ab.parse_args(argv)
+  assert message in capsys.readouterr().err
+
+
+def test_step_ab_blocks_alternate_and_ratios_are_per_block():
+  assert [step_ab.block_order(['a', 'b'], i) for i in range(3)] == [
+      ['a', 'b'], ['b', 'a'], ['a', 'b']]
+  out = step_ab.summarize({'a': [100.0, 200.0, 100.0], 'b': [110.0, 180.0, 130.0]}, ['a', 'b'])
+  assert out['ratios']['b/a'] == {'per_block': [1.1, 0.9, 1.3], 'median': 1.1, 'min': 0.9,
+                                  'max': 1.3}
+  assert out['median_images_per_sec'] == {'a': 100.0, 'b': 130.0}
+
+
+def test_step_ab_variants_patch_only_while_compiling():
+  import optax  # pylint: disable=g-import-not-at-top
+  from tsvae import train  # pylint: disable=g-import-not-at-top
+  norm, apply = optax.global_norm, train.TrainState.apply_gradients
+  with step_ab.VARIANTS['norm_barrier'](), step_ab.VARIANTS['finite_gate']():
+    assert optax.global_norm is not norm
+    assert train.TrainState.apply_gradients is not apply
+  assert optax.global_norm is norm and train.TrainState.apply_gradients is apply
+
+
+def test_step_ab_runs_two_stage2_variants(tmp_path):
+  out = tmp_path / 'ab.json'
+  record = step_ab.main(['stage2', '--batch_size', '4', '--variants', 'current,norm_barrier',
+                         '--steps', '2', '--blocks', '2', '--out', str(out)])
+  assert json.loads(out.read_text())['config']['variants'] == ['current', 'norm_barrier']
+  assert len(record['rates']['norm_barrier']) == 2
+  assert record['ratios']['norm_barrier/current']['min'] > 0
 
 
 def test_timed_run_refuses_an_existing_workdir(tmp_path, capsys):
