@@ -12,18 +12,17 @@ per call or `--steps_per_call` scanned), traced while a named change is in force
   current       the code as it is
   norm_barrier  the gradient norm read through `lax.optimization_barrier`, so that XLA does not
                 share g*g between the norm and Adam's second moment (no materialised g*g)
-  ungated       Adam reads the raw gradients, not `train.gate_on_finite`'s (the step before
-                the gate: XLA:CPU copies each kernel that a backward product reads before
-                updating it, and materialises g*g once for the norm and Adam)
-  finite_gate   the step of commit 2fce4ae with the gate added by hand (how the gate was
-                measured before it went into `train`; now it gates twice, the same numbers)
+  finite_gate   Adam reads the gradients gated on the step being finite (`where(finite, g,
+                nan)`): every parameter update then depends on every gradient, so XLA:CPU needs
+                no copy of a kernel that a backward product reads before updating it in place
+                (kept in the step at bedd62b as `train.gate_on_finite`, then removed: no gain)
 
 Like the whole-run benchmarks, it applies `hostmem.tune_malloc` first, as `tsvae.main` does:
 without it XLA:CPU's per-step temporary buffers are fresh mmaps, and a form with larger
 temporaries looks slower by their page faults, not by its arithmetic.
 
-  python benchmarks/step_ab.py stage2 --variants ungated,current \
-      --out benchmarks/results/zen5/step_ab/stage2_b64_float32_gated.json
+  python benchmarks/step_ab.py stage2 --variants current,finite_gate \
+      --out benchmarks/results/zen5/step_ab/stage2_b64_float32.json
 """
 
 from __future__ import annotations
@@ -77,13 +76,7 @@ def _finite_gate():
   return _patched(train.TrainState, 'apply_gradients', gated)
 
 
-def _ungated():
-  from tsvae import train  # pylint: disable=g-import-not-at-top
-  return _patched(train, 'gate_on_finite', lambda grads, finite: grads)
-
-
-VARIANTS = {'current': _current, 'norm_barrier': _norm_barrier, 'ungated': _ungated,
-            'finite_gate': _finite_gate}
+VARIANTS = {'current': _current, 'norm_barrier': _norm_barrier, 'finite_gate': _finite_gate}
 
 
 def parse_args(argv=None):

@@ -274,37 +274,6 @@ def test_non_finite_gradient_is_flagged():
   assert bool(metrics['finite'])
 
 
-def test_gradients_gated_on_finite_let_xla_update_kernels_in_place(monkeypatch):
-  """`gate_on_finite` passes finite steps' gradients unchanged and makes a non-finite step's all
-  NaN; its purpose is the compiled step: with every update depending on every gradient, the
-  donated kernels are updated in place, with no copy of a parameter (there is one per kernel
-  that a backward product reads without the gate)."""
-  grads = {'a': jnp.arange(3.0), 'b': -jnp.ones((2, 2))}
-  for kept, given in zip(jax.tree_util.tree_leaves(train.gate_on_finite(grads, jnp.bool_(True))),
-                         jax.tree_util.tree_leaves(grads)):
-    np.testing.assert_array_equal(kept, given)
-  assert all(np.isnan(g).all() for g in jax.tree_util.tree_leaves(
-      train.gate_on_finite(grads, jnp.bool_(False))))
-
-  model = models.make_stage2_model(8, depth=2, width=128)
-  rng = np.random.default_rng(0)
-  batch = {'mu': rng.standard_normal((16, 8), np.float32),
-           'sigma': rng.random((16, 8), np.float32) + 0.1}
-  mesh = train.make_mesh(jax.devices()[:1])
-
-  def parameter_copies():
-    state = _state(model, batch['mu'])
-    step = train.make_train_step(model, prepare_input=train.latent_input, objective=ELBO)
-    text = train.jit_train_step(step, mesh).lower(
-        state, train.shard_batch(batch, mesh)).compile().as_text()
-    return [line for line in text.splitlines()  # copies of arrays: a scalar's cost nothing
-            if ' copy(%state_params' in line and ' = f32[]' not in line]
-
-  assert not parameter_copies()
-  monkeypatch.setattr(train, 'gate_on_finite', lambda grads, finite: grads)
-  assert parameter_copies()  # the same step without the gate copies its kernels
-
-
 # ---------------------------------------------------------------- stage-1 baselines
 
 

@@ -140,20 +140,6 @@ def latent_input(batch: Mapping[str, jax.Array], rng: jax.Array) -> jax.Array:
   return mu + sigma * jax.random.normal(rng, mu.shape, mu.dtype)
 
 
-def gate_on_finite(grads, finite: jax.Array):
-  """The gradients where the step is finite, NaN where it is not.
-
-  The same numbers for every step that is kept (a non-finite step raises or is skipped), but
-  each parameter's update now depends on the whole gradient, so on every product that reads the
-  old parameters. XLA:CPU then updates each donated kernel in place; without the gate it first
-  copied every kernel that a backward product reads, and shared one materialised g*g between
-  the gradient norm and Adam's second moment. Measured in one process against the ungated step
-  (`benchmarks/step_ab.py`, README "Throughput"): 1.06x the stage-2 and 1.08x the batch-64
-  stage-1 float32 step; no change at batch 256 or for the scanned bf16 stage 2.
-  """
-  return jax.tree_util.tree_map(lambda g: jnp.where(finite, g, jnp.nan), grads)
-
-
 def make_train_step(model, *, prepare_input: Callable[..., jax.Array],
                     objective: losses.Objective, nan_policy: str = 'error'
                     ) -> Callable[[TrainState, Any], Any]:
@@ -186,8 +172,7 @@ def make_train_step(model, *, prepare_input: Callable[..., jax.Array],
     # bool array per leaf).
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = state.apply_gradients(grads=gate_on_finite(grads, finite),
-                                      batch_stats=batch_stats)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if nan_policy == 'skip':
       keep_old = lambda new, old: jnp.where(finite, new, old)
       new_state = new_state.replace(
