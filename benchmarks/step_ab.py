@@ -21,8 +21,8 @@ Like the whole-run benchmarks, it applies `hostmem.tune_malloc` first, as `tsvae
 without it XLA:CPU's per-step temporary buffers are fresh mmaps, and a form with larger
 temporaries looks slower by their page faults, not by its arithmetic.
 
-  python benchmarks/step_ab.py stage2 --variants current,finite_gate \
-      --out benchmarks/results/zen5/step_ab/stage2_b64_float32.json
+  python benchmarks/step_ab.py stage2 --variants current,finite_gate --out /tmp/ab.json
+  (the commands behind benchmarks/results/zen5/step_ab/ are in the README, Throughput)
 """
 
 from __future__ import annotations
