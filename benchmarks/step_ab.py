@@ -109,36 +109,16 @@ def parse_args(argv=None):
 
 
 def build_runner(args, variant: str):
-  """`run(steps)` for the real step compiled under `variant` (compiled here, before returning)."""
+  """`run(steps)` for the real step (`step_throughput.build_runner`) compiled under `variant`
+  (compiled here, before returning)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from tsvae import losses, models, train  # pylint: disable=g-import-not-at-top
   st_args = step_throughput.parse_args([
       args.mode, '--batch_size', str(args.batch_size), '--compute_dtype', args.compute_dtype,
       '--steps_per_call', str(args.steps_per_call), '--steps', str(args.steps)])
-  mesh = train.make_mesh(jax.devices()[:1])
-  if args.mode == 'stage1':
-    shape = step_throughput.image_shape(st_args)
-    model = models.make_stage1_model('infogan', shape, st_args.latent_dim,
-                                     compute_dtype=args.compute_dtype)
-    prepare_input, example = train.image_input, np.zeros((args.batch_size,) + shape, np.float32)
-  else:
-    model = models.make_stage2_model(st_args.latent_dim, st_args.depth, st_args.width,
-                                     compute_dtype=args.compute_dtype)
-    prepare_input = train.latent_input
-    example = np.zeros((args.batch_size, st_args.latent_dim), np.float32)
-  state = train.create_train_state(model, example, base_rng=jax.random.PRNGKey(0),
-                                   tx=train.make_optimizer(lambda step: 1e-4))
-  holder = {'state': jax.device_put(state, train.replicated(mesh)), 'metrics': None}
-  step = train.make_train_step(model, prepare_input=prepare_input,
-                               objective=losses.make_objective('vae'))
-  make = (step_throughput._scanned_runner if args.steps_per_call > 1  # pylint: disable=protected-access
-          else step_throughput._single_step_runner)  # pylint: disable=protected-access
-  run = make(st_args, step, mesh, step_throughput._host_batches(st_args), holder)  # pylint: disable=protected-access
+  run, _, _ = step_throughput.build_runner(st_args)
   jax.clear_caches()  # no trace of an earlier variant is reused
   with VARIANTS[variant]():
     run(max(1, args.steps_per_call))  # traces and compiles under the variant
-  run(max(1, args.steps_per_call))
   return run
 
 

@@ -253,7 +253,10 @@ def image_shape(args):
   return (h, w, c)
 
 
-def run_step(args):
+def build_runner(args):
+  """(`run(steps)`, holder, number of parameters) for the real train step that `args` names:
+  the trainer's model, optimizer and step, one step per call or scanned (`--steps_per_call`).
+  `run` is not called yet, so the step is traced and compiled by its first call."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tsvae import losses  # pylint: disable=g-import-not-at-top
@@ -289,7 +292,14 @@ def run_step(args):
   holder = {'state': state, 'metrics': None}
   run = (_scanned_runner if args.steps_per_call > 1 else _single_step_runner)(
       args, train_step, mesh, batches, holder)
+  return run, holder, num_params
 
+
+def run_step(args):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  run, holder, num_params = build_runner(args)
   t = time.perf_counter()
   run(max(1, args.steps_per_call))
   first_call_s = time.perf_counter() - t
